@@ -1,0 +1,147 @@
+package outbox
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/postbox-dev/postbox"
+	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/murmur2"
+)
+
+// Outbox writes messages with configured limits. The zero value uses the
+// default limits; so do the package-level Publish, Send and PublishBatch.
+type Outbox struct {
+	Limits postbox.Limits
+}
+
+var defaultOutbox Outbox
+
+// Publish writes msg for topic msg.Topic through db, normally the caller's
+// transaction: the message exists if and only if that transaction commits.
+// An empty msg.ID is filled with a new UUIDv7.
+func Publish(ctx context.Context, db postbox.DBTX, msg *postbox.Message) error {
+	return defaultOutbox.Publish(ctx, db, msg)
+}
+
+// Send writes msg point-to-point to the queue named msg.Topic: exactly one
+// consumer of that queue handles it. A send to a queue that is not declared
+// when the relay moves it becomes a dead letter with reason "no-route".
+func Send(ctx context.Context, db postbox.DBTX, msg *postbox.Message) error {
+	return defaultOutbox.Send(ctx, db, msg)
+}
+
+// PublishBatch writes many topic messages with one COPY. Each message's
+// Topic names its topic; see Publish.
+func PublishBatch(ctx context.Context, db postbox.DBTX, msgs []*postbox.Message) error {
+	return defaultOutbox.PublishBatch(ctx, db, msgs)
+}
+
+// Publish is the package-level Publish with o's limits.
+func (o Outbox) Publish(ctx context.Context, dbtx postbox.DBTX, msg *postbox.Message) error {
+	return o.insert(ctx, dbtx, msg, false)
+}
+
+// Send is the package-level Send with o's limits.
+func (o Outbox) Send(ctx context.Context, dbtx postbox.DBTX, msg *postbox.Message) error {
+	return o.insert(ctx, dbtx, msg, true)
+}
+
+func (o Outbox) insert(ctx context.Context, dbtx postbox.DBTX, msg *postbox.Message, queue bool) error {
+	row, err := o.prepare(msg, queue)
+	if err != nil {
+		return err
+	}
+	if err := db.New(dbtx).InsertOutbox(ctx, db.InsertOutboxParams(row)); err != nil {
+		return fmt.Errorf("outbox: insert message %s: %w", msg.ID, err)
+	}
+	return nil
+}
+
+// PublishBatch is the package-level PublishBatch with o's limits. Every
+// message is validated before any is written.
+func (o Outbox) PublishBatch(ctx context.Context, dbtx postbox.DBTX, msgs []*postbox.Message) error {
+	rows := make([]db.CopyOutboxParams, len(msgs))
+	for i, msg := range msgs {
+		row, err := o.prepare(msg, false)
+		if err != nil {
+			return fmt.Errorf("outbox: message %d of %d: %w", i, len(msgs), err)
+		}
+		rows[i] = db.CopyOutboxParams(row)
+	}
+	n, err := db.New(dbtx).CopyOutbox(ctx, rows)
+	if err != nil {
+		return fmt.Errorf("outbox: copy %d messages: %w", len(msgs), err)
+	}
+	if n != int64(len(msgs)) {
+		return fmt.Errorf("outbox: copy wrote %d of %d messages", n, len(msgs))
+	}
+	return nil
+}
+
+// row is the outbox row for one message; both generated parameter structs
+// convert from it.
+type row struct {
+	MessageID uuid.UUID
+	KeyHash   int32
+	IsQueue   bool
+	Topic     string
+	Type      string
+	Key       *string
+	Payload   []byte
+	Headers   []byte
+	DeliverAt *time.Time
+}
+
+// prepare validates msg, fills its ID, and builds its row.
+func (o Outbox) prepare(msg *postbox.Message, queue bool) (row, error) {
+	if msg == nil {
+		return row{}, &postbox.ValidationError{Field: "message", Reason: "nil"}
+	}
+	field := "topic"
+	if queue {
+		field = "queue"
+	}
+	if err := postbox.ValidateName(field, msg.Topic); err != nil {
+		return row{}, err
+	}
+	if err := o.Limits.Validate(msg); err != nil {
+		return row{}, err
+	}
+	if msg.ID == uuid.Nil {
+		msg.ID = postbox.NewID()
+	}
+	r := row{
+		MessageID: msg.ID,
+		IsQueue:   queue,
+		Topic:     msg.Topic,
+		Type:      msg.Type,
+		Payload:   msg.Payload,
+	}
+	if r.Payload == nil {
+		r.Payload = []byte{}
+	}
+	if msg.Key != "" {
+		key := msg.Key
+		r.Key = &key
+		r.KeyHash = murmur2.Positive([]byte(key))
+	} else {
+		r.KeyHash = murmur2.Positive(msg.ID[:])
+	}
+	if len(msg.Headers) > 0 {
+		h, err := json.Marshal(msg.Headers)
+		if err != nil {
+			return row{}, fmt.Errorf("outbox: encode headers: %w", err)
+		}
+		r.Headers = h
+	}
+	if !msg.DeliverAt.IsZero() {
+		at := msg.DeliverAt
+		r.DeliverAt = &at
+	}
+	return r, nil
+}

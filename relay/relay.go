@@ -1,0 +1,208 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/postbox-dev/postbox/internal/db"
+)
+
+// Config configures a Relay. Zero values mean the defaults.
+type Config struct {
+	// BatchSize is the most outbox rows moved per transaction. Default 1000.
+	BatchSize int
+	// PollInterval is how long an idle relay waits before looking again
+	// when no wake-up arrives. Default 20ms: an empty claim is one cheap
+	// index probe, and this bounds the latency a message waits for the relay.
+	PollInterval time.Duration
+	// MaxPollInterval: after consecutive errors the wait grows up to this.
+	// Default 5s.
+	MaxPollInterval time.Duration
+	// Listen subscribes to NOTIFY postbox_outbox, which producers may send
+	// (outbox.Notify) to wake the relay at once. Polling stays the
+	// correctness mechanism; this only lowers latency. Default off.
+	Listen bool
+	// Logger receives errors and lifecycle events. Default: silent.
+	Logger *slog.Logger
+}
+
+// Default settings.
+const (
+	DefaultBatchSize       = 1000
+	DefaultPollInterval    = 20 * time.Millisecond
+	DefaultMaxPollInterval = 5 * time.Second
+	maxBatchSize           = 100_000
+)
+
+// NotifyChannel is the channel the relay listens on when Config.Listen is set.
+const NotifyChannel = "postbox_outbox"
+
+// InboxChannel is the channel the relay notifies after a batch, with the
+// name of each subscriber that got deliveries as payload.
+const InboxChannel = "postbox_inbox"
+
+func (c Config) withDefaults() (Config, error) {
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.MaxPollInterval == 0 {
+		c.MaxPollInterval = DefaultMaxPollInterval
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case c.BatchSize < 1 || c.BatchSize > maxBatchSize:
+		return c, fmt.Errorf("relay: Config.BatchSize %d: want 1 to %d", c.BatchSize, maxBatchSize)
+	case c.PollInterval < 0:
+		return c, fmt.Errorf("relay: Config.PollInterval %s: negative", c.PollInterval)
+	case c.MaxPollInterval < c.PollInterval:
+		return c, fmt.Errorf("relay: Config.MaxPollInterval %s: less than PollInterval %s", c.MaxPollInterval, c.PollInterval)
+	}
+	return c, nil
+}
+
+// Stats are a relay's counters since it was created.
+type Stats struct {
+	Batches   int64 // relay statements that moved at least one message
+	Claimed   int64 // outbox rows moved
+	Delivered int64 // inbox rows written
+	NoRoute   int64 // queue sends that became no-route dead letters
+	Unrouted  int64 // topic messages no subscription matched
+	Errors    int64 // failed relay statements
+}
+
+// Relay moves committed outbox rows into the inbox. Run several on one
+// database for availability: relay partitions keep them from moving
+// messages of one key at the same time.
+type Relay struct {
+	pool *pgxpool.Pool
+	cfg  Config
+
+	batches, claimed, delivered, noRoute, unrouted, errs atomic.Int64
+}
+
+// New returns a relay over pool.
+func New(pool *pgxpool.Pool, cfg Config) (*Relay, error) {
+	if pool == nil {
+		return nil, errors.New("relay: nil pool")
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Relay{pool: pool, cfg: cfg}, nil
+}
+
+// Stats returns the relay's counters.
+func (r *Relay) Stats() Stats {
+	return Stats{
+		Batches:   r.batches.Load(),
+		Claimed:   r.claimed.Load(),
+		Delivered: r.delivered.Load(),
+		NoRoute:   r.noRoute.Load(),
+		Unrouted:  r.unrouted.Load(),
+		Errors:    r.errs.Load(),
+	}
+}
+
+// Result is what one batch did.
+type Result struct {
+	Claimed, Delivered, NoRoute, Unrouted int
+}
+
+// RunOnce moves one batch and returns what it did. Each batch is one
+// statement and so one transaction: it commits whole or not at all.
+func (r *Relay) RunOnce(ctx context.Context) (Result, error) {
+	row, err := db.New(r.pool).RelayBatch(ctx, int32(r.cfg.BatchSize))
+	if err != nil {
+		r.errs.Add(1)
+		return Result{}, fmt.Errorf("relay: batch: %w", err)
+	}
+	res := Result{Claimed: int(row.Claimed), Delivered: int(row.Delivered), NoRoute: int(row.NoRoute), Unrouted: int(row.Unrouted)}
+	if res.Claimed > 0 {
+		r.batches.Add(1)
+		r.claimed.Add(int64(res.Claimed))
+		r.delivered.Add(int64(res.Delivered))
+		r.noRoute.Add(int64(res.NoRoute))
+		r.unrouted.Add(int64(res.Unrouted))
+	}
+	return res, nil
+}
+
+// Drain moves batches until the outbox has nothing the relay can claim,
+// and returns the totals. Tests and tools use it; services use Run.
+func (r *Relay) Drain(ctx context.Context) (Result, error) {
+	var total Result
+	for {
+		res, err := r.RunOnce(ctx)
+		if err != nil {
+			return total, err
+		}
+		total.Claimed += res.Claimed
+		total.Delivered += res.Delivered
+		total.NoRoute += res.NoRoute
+		total.Unrouted += res.Unrouted
+		if res.Claimed == 0 {
+			return total, nil
+		}
+	}
+}
+
+// Run relays until ctx ends. It loops at once while batches come back full,
+// otherwise waits PollInterval (or until a NOTIFY when Listen is set).
+// Errors are logged and retried with a growing wait; Run returns nil when
+// ctx ends. The batch in flight then either commits or rolls back whole.
+func (r *Relay) Run(ctx context.Context) error {
+	log := r.cfg.Logger
+	log.Info("relay started", "batch_size", r.cfg.BatchSize, "poll_interval", r.cfg.PollInterval)
+	defer log.Info("relay stopped")
+
+	var wake <-chan struct{}
+	if r.cfg.Listen {
+		l := newListener(r.pool, NotifyChannel, log)
+		go l.run(ctx)
+		wake = l.C
+	}
+	wait := r.cfg.PollInterval
+	for {
+		res, err := r.RunOnce(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			log.Error("relay batch failed", "err", err, "retry_in", wait)
+			wait = min(max(2*wait, r.cfg.PollInterval), r.cfg.MaxPollInterval)
+		case res.Claimed >= r.cfg.BatchSize:
+			wait = r.cfg.PollInterval
+			continue // more is waiting: no pause
+		default:
+			wait = r.cfg.PollInterval
+		}
+		if !sleep(ctx, wait, wake) {
+			return nil
+		}
+	}
+}
+
+// sleep waits d, or until wake fires; false when ctx ended.
+func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	case <-wake:
+	}
+	return true
+}

@@ -1,0 +1,280 @@
+-- +goose Up
+-- postbox: transactional outbox, relay, inbox and dead letters.
+-- Every object lives in schema postbox; docs/architecture.md explains the shape.
+
+CREATE SCHEMA IF NOT EXISTS postbox;
+
+-- The outbox holds committed messages not yet relayed, and nothing else: the
+-- relay deletes what it moves. Only the primary key is indexed, because every
+-- index here is paid by every producer transaction. Duplicate message IDs are
+-- stopped later, at the inbox's (subscriber, message_id) key.
+CREATE TABLE postbox.outbox (
+    id         bigint      GENERATED ALWAYS AS IDENTITY,
+    message_id uuid        NOT NULL,
+    -- key_hash is murmur2(key) & 0x7fffffff (Kafka's partitioner); for a
+    -- message without a key it hashes the message ID, so keyless messages
+    -- spread over relay partitions.
+    key_hash   integer     NOT NULL,
+    -- true for a point-to-point send to the queue named by topic.
+    is_queue   boolean     NOT NULL DEFAULT false,
+    topic      text        NOT NULL,
+    type       text        NOT NULL DEFAULT '',
+    key        text,
+    payload    bytea       NOT NULL,
+    headers    jsonb,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    deliver_at timestamptz,
+    CONSTRAINT outbox_pkey PRIMARY KEY (id)
+);
+
+-- Relay partitions: a relay locks rows of this table (FOR UPDATE SKIP LOCKED)
+-- for the length of its transaction and moves only outbox rows whose
+-- key_hash % 16 it holds. Two relays therefore never move messages of the
+-- same key at once, which keeps per-key order without leases or a leader.
+CREATE TABLE postbox.relay_partitions (
+    partition integer NOT NULL,
+    CONSTRAINT relay_partitions_pkey PRIMARY KEY (partition),
+    CONSTRAINT relay_partitions_range CHECK (partition >= 0 AND partition < 16)
+);
+INSERT INTO postbox.relay_partitions (partition) SELECT generate_series(0, 15);
+
+-- A subscriber is a named consumer group. A queue is a subscriber that takes
+-- point-to-point sends addressed to its name; a topic subscriber receives
+-- what its subscriptions match. Retry settings live here so that every
+-- consumer process, the binary and plain SQL agree on them.
+CREATE TABLE postbox.subscribers (
+    name                text             NOT NULL,
+    kind                text             NOT NULL,
+    partitions          integer          NOT NULL DEFAULT 16,
+    max_attempts        integer          NOT NULL DEFAULT 10,
+    backoff_initial     interval         NOT NULL DEFAULT '1 second',
+    backoff_max         interval         NOT NULL DEFAULT '5 minutes',
+    backoff_multiplier  double precision NOT NULL DEFAULT 2,
+    retention           interval         NOT NULL DEFAULT '7 days',
+    created_at          timestamptz      NOT NULL DEFAULT now(),
+    CONSTRAINT subscribers_pkey PRIMARY KEY (name),
+    CONSTRAINT subscribers_kind CHECK (kind IN ('queue', 'topic')),
+    CONSTRAINT subscribers_partitions CHECK (partitions BETWEEN 1 AND 4096),
+    CONSTRAINT subscribers_max_attempts CHECK (max_attempts >= 1),
+    CONSTRAINT subscribers_backoff_multiplier CHECK (backoff_multiplier >= 1)
+);
+
+-- topic_regex is derived from topic_pattern by the dispatcher (validated
+-- segments, '*' and '#'); it is NULL for an exact topic name, which the relay
+-- then matches by equality.
+CREATE TABLE postbox.subscriptions (
+    subscriber    text        NOT NULL,
+    topic_pattern text        NOT NULL,
+    topic_regex   text,
+    filter        jsonpath,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT subscriptions_pkey PRIMARY KEY (subscriber, topic_pattern),
+    CONSTRAINT subscriptions_subscriber_fkey FOREIGN KEY (subscriber)
+        REFERENCES postbox.subscribers (name) ON DELETE CASCADE
+);
+
+-- The inbox holds deliveries still to handle (pending) and dead letters
+-- (dead). A handled delivery is deleted and remembered in postbox.processed,
+-- so the claim index only ever covers live work. No foreign key to
+-- subscribers: a send to an undeclared queue is kept here as a dead letter
+-- (last_error 'no-route') and can be replayed once the queue exists.
+CREATE TABLE postbox.inbox (
+    subscriber    text        NOT NULL,
+    message_id    uuid        NOT NULL,
+    -- seq orders deliveries of one subscriber; the relay inserts in outbox
+    -- order under relay-partition locks, so per key it is publish order.
+    seq           bigint      GENERATED ALWAYS AS IDENTITY,
+    partition     integer     NOT NULL,
+    attempts      integer     NOT NULL DEFAULT 0,
+    replay_count  integer     NOT NULL DEFAULT 0,
+    status        text        NOT NULL DEFAULT 'pending',
+    topic         text        NOT NULL,
+    type          text        NOT NULL DEFAULT '',
+    key           text,
+    payload       bytea       NOT NULL,
+    headers       jsonb,
+    -- when the next attempt may start: deliver_at for a delayed message,
+    -- now() + backoff after a failure.
+    available_at  timestamptz NOT NULL DEFAULT now(),
+    created_at    timestamptz NOT NULL,
+    enqueued_at   timestamptz NOT NULL DEFAULT now(),
+    last_error    text,
+    last_error_at timestamptz,
+    dead_at       timestamptz,
+    CONSTRAINT inbox_pkey PRIMARY KEY (subscriber, message_id),
+    CONSTRAINT inbox_status CHECK (status IN ('pending', 'dead'))
+);
+
+-- Claiming: the oldest available pending rows of one subscriber.
+CREATE INDEX inbox_claim_idx ON postbox.inbox (subscriber, available_at, seq)
+    WHERE status = 'pending';
+-- Per-key order: is there an earlier pending row of the same key?
+CREATE INDEX inbox_key_idx ON postbox.inbox (subscriber, key, seq)
+    WHERE status = 'pending' AND key IS NOT NULL;
+-- Dead letters by subscriber and age.
+CREATE INDEX inbox_dead_idx ON postbox.inbox (subscriber, dead_at)
+    WHERE status = 'dead';
+
+-- Handled deliveries, kept for the subscriber's dedup window (retention) so a
+-- message ID presented again, by the relay or by an outside sender, is not
+-- handled twice. Narrow on purpose: it is written once per handled message.
+CREATE TABLE postbox.processed (
+    subscriber   text        NOT NULL,
+    message_id   uuid        NOT NULL,
+    processed_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT processed_pkey PRIMARY KEY (subscriber, message_id)
+);
+-- BRIN: rows arrive in processed_at order, and the janitor only needs ranges.
+CREATE INDEX processed_at_brin ON postbox.processed USING brin (processed_at);
+
+-- One row per replay, for the record.
+CREATE TABLE postbox.replays (
+    id          bigint      GENERATED ALWAYS AS IDENTITY,
+    subscriber  text        NOT NULL,
+    message_id  uuid        NOT NULL,
+    replayed_at timestamptz NOT NULL DEFAULT now(),
+    last_error  text,
+    attempts    integer     NOT NULL,
+    CONSTRAINT replays_pkey PRIMARY KEY (id)
+);
+CREATE INDEX replays_subscriber_idx ON postbox.replays (subscriber, replayed_at);
+
+-- Queue tables churn: vacuum them early and often instead of after 20% of
+-- the table has died.
+ALTER TABLE postbox.outbox SET (
+    autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.05, autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0, fillfactor = 100);
+ALTER TABLE postbox.inbox SET (
+    autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.05, autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0, fillfactor = 90);
+ALTER TABLE postbox.processed SET (
+    autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.05,
+    autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_cost_delay = 0);
+
+-- A subscription filter is a SQL/JSON path over the payload. A path that
+-- yields a boolean (a predicate such as '$.total >= 10000') decides by that
+-- boolean; any other path matches when it yields something (a filter such as
+-- '$.total ? (@ >= 10000)'). A payload that is not JSON matches no filter.
+-- +goose StatementBegin
+CREATE FUNCTION postbox.payload_matches(payload bytea, filter jsonpath)
+RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    doc    jsonb;
+    result jsonb;
+BEGIN
+    BEGIN
+        doc := convert_from(payload, 'UTF8')::jsonb;
+    EXCEPTION WHEN data_exception OR character_not_in_repertoire
+                OR untranslatable_character THEN
+        RETURN false;
+    END;
+    result := jsonb_path_query_first(doc, filter, '{}', true);
+    IF result IS NULL THEN
+        RETURN false;
+    END IF;
+    IF jsonb_typeof(result) = 'boolean' THEN
+        RETURN result = 'true'::jsonb;
+    END IF;
+    RETURN true;
+END
+$$;
+-- +goose StatementEnd
+
+-- Operators' views.
+CREATE VIEW postbox.dead_letters AS
+SELECT subscriber, message_id, topic, type, key, attempts, replay_count,
+       last_error, created_at, dead_at, headers, payload
+FROM postbox.inbox
+WHERE status = 'dead';
+
+CREATE VIEW postbox.queue_depths AS
+SELECT s.name AS subscriber,
+       s.kind,
+       count(*) FILTER (WHERE i.status = 'pending' AND i.available_at <= now()) AS ready,
+       count(*) FILTER (WHERE i.status = 'pending' AND i.available_at > now()) AS waiting,
+       count(*) FILTER (WHERE i.status = 'dead') AS dead,
+       min(i.enqueued_at) FILTER (WHERE i.status = 'pending') AS oldest_pending
+FROM postbox.subscribers s
+LEFT JOIN postbox.inbox i ON i.subscriber = s.name
+GROUP BY s.name, s.kind;
+
+-- Replay dead letters of one subscriber: all of them, those with the given
+-- message IDs, and/or those whose last error is LIKE error_like. Each becomes
+-- pending again with its attempts reset, is stamped with x-replayed-at and
+-- x-replay-count, and is recorded in postbox.replays. Returns how many.
+-- +goose StatementBegin
+CREATE FUNCTION postbox.replay_dead_letters(
+    subscriber  text,
+    message_ids uuid[] DEFAULT NULL,
+    error_like  text   DEFAULT NULL)
+RETURNS integer
+LANGUAGE sql VOLATILE AS $$
+    WITH replayed AS (
+        UPDATE postbox.inbox i
+        SET status = 'pending',
+            attempts = 0,
+            replay_count = i.replay_count + 1,
+            available_at = now(),
+            dead_at = NULL,
+            headers = coalesce(i.headers, '{}'::jsonb) || jsonb_build_object(
+                'x-replayed-at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                'x-replay-count', (i.replay_count + 1)::text)
+        FROM (
+            SELECT d.subscriber, d.message_id, d.attempts, d.last_error
+            FROM postbox.inbox d
+            WHERE d.subscriber = replay_dead_letters.subscriber
+              AND d.status = 'dead'
+              AND (replay_dead_letters.message_ids IS NULL OR d.message_id = ANY (replay_dead_letters.message_ids))
+              AND (replay_dead_letters.error_like IS NULL OR d.last_error LIKE replay_dead_letters.error_like)
+            FOR UPDATE
+        ) old
+        WHERE i.subscriber = old.subscriber AND i.message_id = old.message_id
+        RETURNING i.subscriber, i.message_id, old.attempts, old.last_error
+    ), logged AS (
+        INSERT INTO postbox.replays (subscriber, message_id, attempts, last_error)
+        SELECT r.subscriber, r.message_id, r.attempts, r.last_error FROM replayed r
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM logged
+$$;
+-- +goose StatementEnd
+
+-- Delete dead letters of one subscriber, with the same selection as
+-- replay_dead_letters. Returns how many.
+-- +goose StatementBegin
+CREATE FUNCTION postbox.purge_dead_letters(
+    subscriber  text,
+    message_ids uuid[] DEFAULT NULL,
+    error_like  text   DEFAULT NULL)
+RETURNS integer
+LANGUAGE sql VOLATILE AS $$
+    WITH purged AS (
+        DELETE FROM postbox.inbox d
+        WHERE d.subscriber = purge_dead_letters.subscriber
+          AND d.status = 'dead'
+          AND (purge_dead_letters.message_ids IS NULL OR d.message_id = ANY (purge_dead_letters.message_ids))
+          AND (purge_dead_letters.error_like IS NULL OR d.last_error LIKE purge_dead_letters.error_like)
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM purged
+$$;
+-- +goose StatementEnd
+
+-- +goose Down
+DROP FUNCTION postbox.purge_dead_letters(text, uuid[], text);
+DROP FUNCTION postbox.replay_dead_letters(text, uuid[], text);
+DROP VIEW postbox.queue_depths;
+DROP VIEW postbox.dead_letters;
+DROP FUNCTION postbox.payload_matches(bytea, jsonpath);
+DROP TABLE postbox.replays;
+DROP TABLE postbox.processed;
+DROP TABLE postbox.inbox;
+DROP TABLE postbox.subscriptions;
+DROP TABLE postbox.subscribers;
+DROP TABLE postbox.relay_partitions;
+DROP TABLE postbox.outbox;
+-- RESTRICT: a schema that still holds objects of the user's is left alone.
+DROP SCHEMA postbox RESTRICT;

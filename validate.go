@@ -1,0 +1,114 @@
+package postbox
+
+import (
+	"regexp"
+	"strings"
+	"unicode/utf8"
+)
+
+// NamePattern is what topic, queue and subscriber names must match: lower
+// case letters, digits, '.', '_' and '-', starting with a letter or digit, at
+// most 200 characters. Dots separate the segments that topic patterns match.
+const NamePattern = `^[a-z0-9][a-z0-9._-]{0,199}$`
+
+var nameRE = regexp.MustCompile(NamePattern)
+
+// headerNameRE: header names are ASCII tokens, as in HTTP.
+var headerNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// Limits bound what one message may carry. The zero value of each field
+// means its default.
+type Limits struct {
+	// MaxPayloadBytes: default 1 MiB.
+	MaxPayloadBytes int
+	// MaxHeaders: default 64.
+	MaxHeaders int
+	// MaxHeaderBytes: the total size of header names and values, default 16 KiB.
+	MaxHeaderBytes int
+	// MaxKeyBytes: default 1024.
+	MaxKeyBytes int
+}
+
+// Default limits.
+const (
+	DefaultMaxPayloadBytes = 1 << 20
+	DefaultMaxHeaders      = 64
+	DefaultMaxHeaderBytes  = 16 << 10
+	DefaultMaxKeyBytes     = 1024
+	maxTypeBytes           = 200
+)
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxPayloadBytes <= 0 {
+		l.MaxPayloadBytes = DefaultMaxPayloadBytes
+	}
+	if l.MaxHeaders <= 0 {
+		l.MaxHeaders = DefaultMaxHeaders
+	}
+	if l.MaxHeaderBytes <= 0 {
+		l.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if l.MaxKeyBytes <= 0 {
+		l.MaxKeyBytes = DefaultMaxKeyBytes
+	}
+	return l
+}
+
+// ValidateName checks a topic, queue or subscriber name against NamePattern.
+// field names the input in the error ("topic", "queue", "subscriber").
+func ValidateName(field, name string) error {
+	if !nameRE.MatchString(name) {
+		return invalid(field, "%q does not match %s", name, NamePattern)
+	}
+	return nil
+}
+
+// Validate checks m against the limits, field by field, and returns the
+// first problem as a *ValidationError (errors.Is(err, ErrInvalid)).
+// It does not check Topic: callers check it as a topic or a queue name.
+func (l Limits) Validate(m *Message) error {
+	l = l.withDefaults()
+	if len(m.Type) > maxTypeBytes {
+		return invalid("type", "%d bytes, more than %d", len(m.Type), maxTypeBytes)
+	}
+	if err := checkText("type", m.Type); err != nil {
+		return err
+	}
+	if len(m.Key) > l.MaxKeyBytes {
+		return invalid("key", "%d bytes, more than %d", len(m.Key), l.MaxKeyBytes)
+	}
+	if err := checkText("key", m.Key); err != nil {
+		return err
+	}
+	if len(m.Payload) > l.MaxPayloadBytes {
+		return invalid("payload", "%d bytes, more than the limit of %d", len(m.Payload), l.MaxPayloadBytes)
+	}
+	if len(m.Headers) > l.MaxHeaders {
+		return invalid("headers", "%d headers, more than %d", len(m.Headers), l.MaxHeaders)
+	}
+	total := 0
+	for k, v := range m.Headers {
+		if !headerNameRE.MatchString(k) {
+			return invalid("headers", "name %q does not match %s", k, headerNameRE)
+		}
+		if err := checkText("header "+k, v); err != nil {
+			return err
+		}
+		total += len(k) + len(v)
+	}
+	if total > l.MaxHeaderBytes {
+		return invalid("headers", "%d bytes in all, more than %d", total, l.MaxHeaderBytes)
+	}
+	return nil
+}
+
+// checkText rejects what PostgreSQL text and jsonb cannot hold.
+func checkText(field, s string) error {
+	if !utf8.ValidString(s) {
+		return invalid(field, "not valid UTF-8")
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return invalid(field, "contains a NUL byte")
+	}
+	return nil
+}
