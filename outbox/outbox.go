@@ -52,7 +52,7 @@ func (o Outbox) Send(ctx context.Context, dbtx postbox.DBTX, msg *postbox.Messag
 }
 
 func (o Outbox) insert(ctx context.Context, dbtx postbox.DBTX, msg *postbox.Message, queue bool) error {
-	row, err := o.prepare(msg, queue)
+	row, err := o.prepare(ctx, msg, queue)
 	if err != nil {
 		return err
 	}
@@ -67,7 +67,7 @@ func (o Outbox) insert(ctx context.Context, dbtx postbox.DBTX, msg *postbox.Mess
 func (o Outbox) PublishBatch(ctx context.Context, dbtx postbox.DBTX, msgs []*postbox.Message) error {
 	rows := make([]db.CopyOutboxParams, len(msgs))
 	for i, msg := range msgs {
-		row, err := o.prepare(msg, false)
+		row, err := o.prepare(ctx, msg, false)
 		if err != nil {
 			return fmt.Errorf("outbox: message %d of %d: %w", i, len(msgs), err)
 		}
@@ -97,8 +97,9 @@ type row struct {
 	DeliverAt *time.Time
 }
 
-// prepare validates msg, fills its ID, and builds its row.
-func (o Outbox) prepare(msg *postbox.Message, queue bool) (row, error) {
+// prepare validates msg, fills its ID and its correlation headers, and
+// builds its row.
+func (o Outbox) prepare(ctx context.Context, msg *postbox.Message, queue bool) (row, error) {
 	if msg == nil {
 		return row{}, &postbox.ValidationError{Field: "message", Reason: "nil"}
 	}
@@ -114,6 +115,12 @@ func (o Outbox) prepare(msg *postbox.Message, queue bool) (row, error) {
 	}
 	if msg.ID == uuid.Nil {
 		msg.ID = postbox.NewID()
+	}
+	if cause := postbox.CauseFrom(ctx); cause != nil {
+		correlate(msg, cause)
+		if err := o.Limits.Validate(msg); err != nil {
+			return row{}, err
+		}
 	}
 	r := row{
 		MessageID: msg.ID,
@@ -144,4 +151,25 @@ func (o Outbox) prepare(msg *postbox.Message, queue bool) (row, error) {
 		r.DeliverAt = &at
 	}
 	return r, nil
+}
+
+// correlate carries the conversation from cause to msg: msg gets cause's
+// correlation ID and names cause as its causation, unless msg sets them.
+func correlate(msg, cause *postbox.Message) {
+	_, hasCorrelation := msg.Headers[postbox.HeaderCorrelationID]
+	_, hasCausation := msg.Headers[postbox.HeaderCausationID]
+	if hasCorrelation && hasCausation {
+		return
+	}
+	h := make(map[string]string, len(msg.Headers)+2)
+	for k, v := range msg.Headers {
+		h[k] = v
+	}
+	if !hasCorrelation {
+		h[postbox.HeaderCorrelationID] = cause.CorrelationID()
+	}
+	if !hasCausation {
+		h[postbox.HeaderCausationID] = cause.ID.String()
+	}
+	msg.Headers = h
 }

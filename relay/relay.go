@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/notify"
 )
 
 // Config configures a Relay. Zero values mean the defaults.
@@ -167,14 +168,13 @@ func (r *Relay) Run(ctx context.Context) error {
 	log.Info("relay started", "batch_size", r.cfg.BatchSize, "poll_interval", r.cfg.PollInterval)
 	defer log.Info("relay stopped")
 
-	var wake <-chan struct{}
+	var wake *notify.Listener
 	if r.cfg.Listen {
-		l := newListener(r.pool, NotifyChannel, log)
-		go l.run(ctx)
-		wake = l.C
+		wake = notify.Start(ctx, r.pool, NotifyChannel, nil, log)
 	}
 	wait := r.cfg.PollInterval
 	for {
+		woken := wake.C()
 		res, err := r.RunOnce(ctx)
 		switch {
 		case ctx.Err() != nil:
@@ -188,21 +188,8 @@ func (r *Relay) Run(ctx context.Context) error {
 		default:
 			wait = r.cfg.PollInterval
 		}
-		if !sleep(ctx, wait, wake) {
+		if !notify.Sleep(ctx, wait, woken) {
 			return nil
 		}
 	}
-}
-
-// sleep waits d, or until wake fires; false when ctx ended.
-func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-	case <-wake:
-	}
-	return true
 }

@@ -1,0 +1,487 @@
+package inbox
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/postbox-dev/postbox"
+	"github.com/postbox-dev/postbox/dispatcher"
+	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/notify"
+	"github.com/postbox-dev/postbox/relay"
+)
+
+// Config configures a Consumer. Zero values mean the defaults.
+type Config struct {
+	// Subscriber is the queue or topic subscriber to consume. It must be
+	// declared (package dispatcher); its retry settings apply.
+	Subscriber string
+	// Handler handles each delivery.
+	Handler Handler
+	// BatchSize is the most deliveries claimed and committed together.
+	// Default 50. Each handler that writes runs in a savepoint, and
+	// PostgreSQL keeps the IDs of only 64 such subtransactions per
+	// transaction in shared memory before every snapshot gets slower, so
+	// values above 64 trade that for fewer commits.
+	BatchSize int
+	// Concurrency is how many batches are handled at once, each in its own
+	// transaction on its own connection. Default 4. Give the pool at least
+	// Concurrency+1 connections (one listens for wake-ups).
+	Concurrency int
+	// PollInterval is how long an idle worker waits before looking again
+	// when no wake-up arrives; retries and delayed messages become due
+	// without one. Default 100ms.
+	PollInterval time.Duration
+	// HandlerTimeout bounds one handler call through its context.
+	// Default 30s. A handler that ignores its context cannot be stopped.
+	HandlerTimeout time.Duration
+	// NoListen turns off LISTEN for the relay's wake-ups: workers then only
+	// poll.
+	NoListen bool
+	// Logger receives failures and lifecycle events. Default: silent.
+	Logger *slog.Logger
+}
+
+// Defaults.
+const (
+	DefaultBatchSize      = 50
+	DefaultConcurrency    = 4
+	DefaultPollInterval   = 100 * time.Millisecond
+	DefaultHandlerTimeout = 30 * time.Second
+	maxBatchSize          = 10_000
+	maxConcurrency        = 1024
+	maxErrorBytes         = 4096
+)
+
+func (c Config) withDefaults() (Config, error) {
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.HandlerTimeout == 0 {
+		c.HandlerTimeout = DefaultHandlerTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := postbox.ValidateName("Config.Subscriber", c.Subscriber); err != nil {
+		return c, err
+	}
+	switch {
+	case c.Handler == nil:
+		return c, fmt.Errorf("inbox: Config.Handler is nil")
+	case c.BatchSize < 1 || c.BatchSize > maxBatchSize:
+		return c, fmt.Errorf("inbox: Config.BatchSize %d: want 1 to %d", c.BatchSize, maxBatchSize)
+	case c.Concurrency < 1 || c.Concurrency > maxConcurrency:
+		return c, fmt.Errorf("inbox: Config.Concurrency %d: want 1 to %d", c.Concurrency, maxConcurrency)
+	case c.PollInterval < 0:
+		return c, fmt.Errorf("inbox: Config.PollInterval %s: negative", c.PollInterval)
+	case c.HandlerTimeout < 0:
+		return c, fmt.Errorf("inbox: Config.HandlerTimeout %s: negative", c.HandlerTimeout)
+	}
+	return c, nil
+}
+
+// Stats are a consumer's counters since it was created.
+type Stats struct {
+	Batches    int64 // transactions that claimed at least one delivery
+	Handled    int64 // deliveries handled and committed... counted at commit
+	Failed     int64 // failed attempts that will be retried
+	Dead       int64 // deliveries dead-lettered
+	Duplicates int64 // deliveries dropped as already handled
+	Errors     int64 // batches that failed as a whole (connection, commit)
+}
+
+// Consumer handles one subscriber's deliveries. Run many, in one process or
+// many: they compete with SKIP LOCKED and never handle a delivery twice.
+type Consumer struct {
+	pool *pgxpool.Pool
+	cfg  Config
+	q    *db.Queries
+
+	policyMu sync.Mutex
+	policy   *retryPolicy
+
+	batches, handled, failed, dead, duplicates, errs atomic.Int64
+}
+
+// NewConsumer returns a consumer of cfg.Subscriber over pool.
+func NewConsumer(pool *pgxpool.Pool, cfg Config) (*Consumer, error) {
+	if pool == nil {
+		return nil, errors.New("inbox: nil pool")
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Consumer{pool: pool, cfg: cfg, q: db.New(pool)}, nil
+}
+
+// Stats returns the consumer's counters.
+func (c *Consumer) Stats() Stats {
+	return Stats{
+		Batches:    c.batches.Load(),
+		Handled:    c.handled.Load(),
+		Failed:     c.failed.Load(),
+		Dead:       c.dead.Load(),
+		Duplicates: c.duplicates.Load(),
+		Errors:     c.errs.Load(),
+	}
+}
+
+// Run handles deliveries until ctx ends, with cfg.Concurrency workers. When
+// ctx ends, each worker finishes the handler in flight, commits what its
+// batch handled, releases the rest, and Run returns nil. It returns an error
+// only when the subscriber cannot be loaded at start.
+func (c *Consumer) Run(ctx context.Context) error {
+	if _, err := c.loadPolicy(ctx); err != nil {
+		return err
+	}
+	log := c.cfg.Logger.With("subscriber", c.cfg.Subscriber)
+	log.Info("consumer started", "concurrency", c.cfg.Concurrency, "batch_size", c.cfg.BatchSize)
+	defer log.Info("consumer stopped")
+	var wake *notify.Listener
+	if !c.cfg.NoListen {
+		sub := c.cfg.Subscriber
+		wake = notify.Start(ctx, c.pool, relay.InboxChannel, func(p string) bool { return p == sub }, log)
+	}
+	var wg sync.WaitGroup
+	for range c.cfg.Concurrency {
+		wg.Go(func() { c.work(ctx, wake, log) })
+	}
+	wg.Wait()
+	return nil
+}
+
+func (c *Consumer) work(ctx context.Context, wake *notify.Listener, log *slog.Logger) {
+	wait := c.cfg.PollInterval
+	for ctx.Err() == nil {
+		woken := wake.C()
+		n, err := c.RunOnce(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			log.Error("batch failed", "err", err, "retry_in", wait)
+			wait = min(max(2*wait, c.cfg.PollInterval), 5*time.Second)
+		case n >= c.cfg.BatchSize:
+			wait = c.cfg.PollInterval
+			continue // more may be ready: no pause
+		default:
+			wait = c.cfg.PollInterval
+		}
+		if !notify.Sleep(ctx, wait, woken) {
+			return
+		}
+	}
+}
+
+// loadPolicy reads the subscriber's retry settings once.
+func (c *Consumer) loadPolicy(ctx context.Context) (retryPolicy, error) {
+	c.policyMu.Lock()
+	defer c.policyMu.Unlock()
+	if c.policy != nil {
+		return *c.policy, nil
+	}
+	sub, err := dispatcher.GetSubscriber(ctx, c.pool, c.cfg.Subscriber)
+	if err != nil {
+		return retryPolicy{}, fmt.Errorf("inbox: load subscriber: %w", err)
+	}
+	c.policy = &retryPolicy{maxAttempts: sub.Options.MaxAttempts, backoff: sub.Options.Backoff}
+	return *c.policy, nil
+}
+
+// failure is one failed attempt, to record.
+type failure struct {
+	id       uuid.UUID
+	attempts int
+	err      string
+	delay    time.Duration
+	dead     bool
+}
+
+// RunOnce claims one batch, handles it and commits, and returns how many
+// deliveries it claimed. Handlers run one after another, each in a
+// savepoint: a failure rolls back only its own effects. When ctx ends
+// mid-batch, the handler in flight finishes, what was handled commits, and
+// the rest is released for another attempt.
+func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
+	policy, err := c.loadPolicy(ctx)
+	if err != nil {
+		return 0, err
+	}
+	// The batch itself is not cut short by ctx: it commits or rolls back
+	// whole, and ctx only stops it from starting more handlers.
+	bctx := context.WithoutCancel(ctx)
+	tx, err := c.pool.Begin(bctx)
+	if err != nil {
+		c.errs.Add(1)
+		return 0, fmt.Errorf("inbox: begin: %w", err)
+	}
+	defer tx.Rollback(bctx)
+	q := c.q.WithTx(tx)
+	rows, err := q.ClaimBatch(bctx, db.ClaimBatchParams{Subscriber: c.cfg.Subscriber, BatchSize: int32(c.cfg.BatchSize)})
+	if err != nil {
+		c.errs.Add(1)
+		return 0, fmt.Errorf("inbox: claim: %w", err)
+	}
+	if len(rows) == 0 {
+		return 0, tx.Commit(bctx)
+	}
+	slices.SortFunc(rows, func(a, b db.ClaimBatchRow) int { return cmp.Compare(deref(a.Seq), deref(b.Seq)) })
+
+	var (
+		done  []uuid.UUID
+		fails []failure
+		dups  int
+		sp    = savepoint{tx: tx}
+	)
+	// lastOK is the index in done of the delivery handled just before, whose
+	// handler may have returned nil yet left the transaction aborted.
+	lastOK := -1
+	blame := func(err error) {
+		// The previous handler swallowed a database error: its delivery
+		// failed after all.
+		d := done[lastOK]
+		done = slices.Delete(done, lastOK, lastOK+1)
+		fails = append(fails, c.classify(policy, rowByID(rows, d), fmt.Errorf("handler returned nil but left the transaction aborted: %w", err)))
+		lastOK = -1
+	}
+	for _, r := range rows {
+		if ctx.Err() != nil {
+			break
+		}
+		if r.AlreadyProcessed {
+			done = append(done, r.MessageID)
+			dups++
+			continue
+		}
+		if err := sp.next(bctx); err != nil {
+			if lastOK < 0 || !isAborted(err) {
+				c.errs.Add(1)
+				return 0, fmt.Errorf("inbox: savepoint: %w", err)
+			}
+			blame(err)
+			if err := sp.rollback(bctx); err != nil {
+				c.errs.Add(1)
+				return 0, fmt.Errorf("inbox: rollback to savepoint: %w", err)
+			}
+		}
+		d := toDelivery(c.cfg.Subscriber, r)
+		herr := c.call(bctx, tx, d)
+		if herr == nil {
+			done = append(done, d.ID)
+			lastOK = len(done) - 1
+			continue
+		}
+		lastOK = -1
+		f := c.classify(policy, r, herr)
+		if err := sp.rollback(bctx); err != nil {
+			// The connection is gone (a handler timeout closes it, so does
+			// a killed backend): the batch rolls back, and this delivery's
+			// failed attempt is recorded on its own so it cannot loop.
+			c.errs.Add(1)
+			c.recordAlone(f)
+			return 0, fmt.Errorf("inbox: rollback to savepoint after %s failed: %w", d.ID, err)
+		}
+		c.cfg.Logger.Warn("handler failed", "subscriber", c.cfg.Subscriber, "message_id", d.ID,
+			"attempt", d.Attempt, "dead", f.dead, "err", herr)
+		fails = append(fails, f)
+	}
+	if err := sp.release(bctx); err != nil {
+		if lastOK < 0 || !isAborted(err) {
+			c.errs.Add(1)
+			return 0, fmt.Errorf("inbox: release savepoint: %w", err)
+		}
+		blame(err)
+		if err := sp.rollback(bctx); err != nil {
+			c.errs.Add(1)
+			return 0, fmt.Errorf("inbox: rollback to savepoint: %w", err)
+		}
+	}
+	if len(done) > 0 {
+		if err := q.CompleteDeliveries(bctx, db.CompleteDeliveriesParams{Subscriber: c.cfg.Subscriber, MessageIds: done}); err != nil {
+			c.errs.Add(1)
+			return 0, fmt.Errorf("inbox: complete: %w", err)
+		}
+	}
+	if len(fails) > 0 {
+		if err := q.FailDeliveries(bctx, failParams(c.cfg.Subscriber, fails)); err != nil {
+			c.errs.Add(1)
+			return 0, fmt.Errorf("inbox: record failures: %w", err)
+		}
+	}
+	if err := tx.Commit(bctx); err != nil {
+		c.errs.Add(1)
+		return 0, fmt.Errorf("inbox: commit: %w", err)
+	}
+	c.batches.Add(1)
+	c.handled.Add(int64(len(done) - dups))
+	c.duplicates.Add(int64(dups))
+	for _, f := range fails {
+		if f.dead {
+			c.dead.Add(1)
+		} else {
+			c.failed.Add(1)
+		}
+	}
+	return len(rows), nil
+}
+
+// call runs the handler with its timeout, the message as the cause of what
+// it publishes, and panics turned into errors.
+func (c *Consumer) call(ctx context.Context, tx pgx.Tx, d *Delivery) (err error) {
+	hctx, cancel := context.WithTimeout(postbox.WithCause(ctx, &d.Message), c.cfg.HandlerTimeout)
+	defer cancel()
+	defer func() {
+		if p := recover(); p != nil {
+			c.cfg.Logger.Error("handler panicked", "subscriber", d.Subscriber, "message_id", d.ID,
+				"panic", p, "stack", string(debug.Stack()))
+			err = fmt.Errorf("handler panicked: %v", p)
+		}
+	}()
+	return c.cfg.Handler.Handle(hctx, ownedTx{tx}, d)
+}
+
+// classify turns a handler error into the failure to record: dead when
+// permanent or out of attempts, otherwise retried after a backoff.
+func (c *Consumer) classify(p retryPolicy, r db.ClaimBatchRow, err error) failure {
+	attempts := int(r.Attempts) + 1
+	msg := err.Error()
+	if len(msg) > maxErrorBytes {
+		msg = msg[:maxErrorBytes]
+	}
+	f := failure{id: r.MessageID, attempts: attempts, err: msg}
+	if postbox.IsPermanent(err) || attempts >= p.maxAttempts {
+		f.dead = true
+	} else {
+		f.delay = p.delay(attempts)
+	}
+	return f
+}
+
+// recordAlone records one failed attempt in a transaction of its own, after
+// the batch's transaction was lost. It is idempotent: an attempt already
+// counted is not counted again.
+func (c *Consumer) recordAlone(f failure) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.q.FailDeliveries(ctx, failParams(c.cfg.Subscriber, []failure{f})); err != nil {
+		c.cfg.Logger.Error("record failed attempt", "subscriber", c.cfg.Subscriber, "message_id", f.id, "err", err)
+	}
+}
+
+func failParams(subscriber string, fails []failure) db.FailDeliveriesParams {
+	p := db.FailDeliveriesParams{Subscriber: subscriber}
+	for _, f := range fails {
+		p.MessageIds = append(p.MessageIds, f.id)
+		p.Attempts = append(p.Attempts, int32(f.attempts))
+		p.Errors = append(p.Errors, f.err)
+		p.DelaysMs = append(p.DelaysMs, f.delay.Milliseconds())
+		p.Dead = append(p.Dead, f.dead)
+	}
+	return p
+}
+
+func toDelivery(subscriber string, r db.ClaimBatchRow) *Delivery {
+	d := &Delivery{
+		Message: postbox.Message{
+			ID:        r.MessageID,
+			Topic:     r.Topic,
+			Type:      r.Type,
+			Payload:   r.Payload,
+			CreatedAt: r.CreatedAt,
+		},
+		Subscriber: subscriber,
+		Attempt:    int(r.Attempts) + 1,
+		Partition:  int(r.Partition),
+	}
+	if r.Key != nil {
+		d.Key = *r.Key
+	}
+	if len(r.Headers) > 0 {
+		// Written by postbox as a JSON object of strings; anything else is
+		// left out rather than failing the delivery.
+		_ = json.Unmarshal(r.Headers, &d.Headers)
+	}
+	return d
+}
+
+func rowByID(rows []db.ClaimBatchRow, id uuid.UUID) db.ClaimBatchRow {
+	for _, r := range rows {
+		if r.MessageID == id {
+			return r
+		}
+	}
+	panic("inbox: delivery not in its batch")
+}
+
+func deref(p *int64) int64 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+// isAborted reports whether err is PostgreSQL's "current transaction is
+// aborted" (25P02).
+func isAborted(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "25P02"
+}
+
+// savepoint keeps one savepoint open around the current handler. Moving to
+// the next handler releases the previous savepoint and opens a new one in
+// one round trip.
+type savepoint struct {
+	tx   pgx.Tx
+	open bool
+}
+
+func (s *savepoint) next(ctx context.Context) error {
+	sql := "SAVEPOINT postbox_delivery"
+	if s.open {
+		sql = "RELEASE SAVEPOINT postbox_delivery; SAVEPOINT postbox_delivery"
+	}
+	if _, err := s.tx.Exec(ctx, sql); err != nil {
+		return err
+	}
+	s.open = true
+	return nil
+}
+
+// rollback undoes everything since the savepoint, which stays open.
+func (s *savepoint) rollback(ctx context.Context) error {
+	_, err := s.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT postbox_delivery")
+	return err
+}
+
+func (s *savepoint) release(ctx context.Context) error {
+	if !s.open {
+		return nil
+	}
+	if _, err := s.tx.Exec(ctx, "RELEASE SAVEPOINT postbox_delivery"); err != nil {
+		return err
+	}
+	s.open = false
+	return nil
+}

@@ -1,0 +1,154 @@
+package inbox_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/postbox-dev/postbox"
+	"github.com/postbox-dev/postbox/dispatcher"
+	"github.com/postbox-dev/postbox/inbox"
+	"github.com/postbox-dev/postbox/internal/pgtest"
+	"github.com/postbox-dev/postbox/outbox"
+	"github.com/postbox-dev/postbox/relay"
+)
+
+// setup declares queue "work", publishes n messages over keys, relays them,
+// and creates the effects table (no unique constraint, on purpose).
+func setup(t *testing.T, n, keys int, opts dispatcher.Options) *pgxpool.Pool {
+	t.Helper()
+	ctx := context.Background()
+	pool := pgtest.Pool(t, 16)
+	if err := dispatcher.DeclareQueue(ctx, pool, "work", opts); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `CREATE TABLE effects (message_id uuid, key text, n int, at timestamptz DEFAULT clock_timestamp())`); err != nil {
+		t.Fatal(err)
+	}
+	msgs := make([]*postbox.Message, n)
+	for i := range msgs {
+		msgs[i] = &postbox.Message{Topic: "work", Key: fmt.Sprintf("k%d", i%keys), Payload: []byte(fmt.Sprintf(`{"n":%d}`, i))}
+		if err := outbox.Send(ctx, pool, msgs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := relay.New(pool, relay.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return pool
+}
+
+var recordEffect = inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
+	v, err := postbox.Decode[struct{ N int }](d.Payload)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO effects (message_id, key, n) VALUES ($1, $2, $3)`, d.ID, d.Key, v.N)
+	return err
+})
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ok, err := cond()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, not synchronization
+	}
+}
+
+func count(ctx context.Context, pool *pgxpool.Pool, sql string, args ...any) (int, error) {
+	var n int
+	err := pool.QueryRow(ctx, sql, args...).Scan(&n)
+	return n, err
+}
+
+func TestConsumerHandlesEachMessageOnceInKeyOrder(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const n = 2000
+	pool := setup(t, n, 20, dispatcher.Options{})
+
+	done := make(chan error, 2)
+	for range 2 {
+		c, err := inbox.NewConsumer(pool, inbox.Config{Subscriber: "work", Handler: recordEffect, Concurrency: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { done <- c.Run(ctx) }()
+	}
+	waitFor(t, "all effects", func() (bool, error) {
+		got, err := count(ctx, pool, `SELECT count(*) FROM postbox.inbox`)
+		return got == 0, err
+	})
+	cancel()
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx = context.Background()
+	if got, _ := count(ctx, pool, `SELECT count(*) FROM effects`); got != n {
+		t.Fatalf("effects = %d, want %d", got, n)
+	}
+	if got, _ := count(ctx, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != n {
+		t.Fatalf("distinct effects = %d, want %d", got, n)
+	}
+	// Per key, effects were written in publish order (n ascending).
+	bad, err := count(ctx, pool, `SELECT count(*) FROM (
+		SELECT n < lag(n) OVER (PARTITION BY key ORDER BY at) AS backwards FROM effects) x WHERE backwards`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bad != 0 {
+		t.Fatalf("%d effects out of key order", bad)
+	}
+}
+
+func TestFailingMessageIsRetriedThenDeadLettered(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := setup(t, 1, 1, dispatcher.Options{MaxAttempts: 3, Backoff: dispatcher.Backoff{Initial: time.Millisecond, Max: 5 * time.Millisecond}})
+	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO effects (message_id) VALUES ($1)`, d.ID); err != nil {
+			return err
+		}
+		return errors.New("boom")
+	})
+	c, err := inbox.NewConsumer(pool, inbox.Config{Subscriber: "work", Handler: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "dead letter", func() (bool, error) {
+		if _, err := c.RunOnce(ctx); err != nil {
+			return false, err
+		}
+		n, err := count(ctx, pool, `SELECT count(*) FROM postbox.dead_letters WHERE attempts = 3 AND headers->>'x-retry-count' = '3' AND headers->>'x-original-error' = 'boom'`)
+		return n == 1, err
+	})
+	if got, _ := count(ctx, pool, `SELECT count(*) FROM effects`); got != 0 {
+		t.Fatalf("failed attempts left %d effects", got)
+	}
+	if s := c.Stats(); s.Failed != 2 || s.Dead != 1 {
+		t.Fatalf("stats = %+v, want 2 failed and 1 dead", s)
+	}
+}

@@ -1,0 +1,110 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/postbox-dev/postbox"
+)
+
+// Delivery is one message for one subscriber, as a handler sees it.
+type Delivery struct {
+	postbox.Message
+	// Subscriber is the consumer group handling the message.
+	Subscriber string
+	// Attempt counts from 1; above 1 the message is being retried.
+	Attempt int
+	// Partition is hash(Key) mod the subscriber's partitions (murmur2, as
+	// Kafka).
+	Partition int
+}
+
+// Handler handles deliveries. What it writes through tx commits in the same
+// transaction that marks the delivery handled, and is rolled back if it
+// returns an error (or panics). It must not commit or roll back tx.
+//
+// Return postbox.Permanent(err) for a message that can never succeed: it
+// becomes a dead letter at once instead of being retried.
+type Handler interface {
+	Handle(ctx context.Context, tx pgx.Tx, d *Delivery) error
+}
+
+// HandlerFunc adapts a function to Handler, as http.HandlerFunc does.
+type HandlerFunc func(ctx context.Context, tx pgx.Tx, d *Delivery) error
+
+// Handle calls f.
+func (f HandlerFunc) Handle(ctx context.Context, tx pgx.Tx, d *Delivery) error {
+	return f(ctx, tx, d)
+}
+
+// Middleware wraps a Handler, as func(http.Handler) http.Handler does.
+type Middleware func(Handler) Handler
+
+// Chain wraps h in mw, the first outermost: Chain(h, a, b) runs a, then b,
+// then h.
+func Chain(h Handler, mw ...Middleware) Handler {
+	for i := len(mw) - 1; i >= 0; i-- {
+		h = mw[i](h)
+	}
+	return h
+}
+
+// Filter passes on only deliveries for which keep returns true. The others
+// count as handled, with no effects: a content-based filter, like the
+// subscription filters the relay applies, but in Go.
+func Filter(keep func(d *Delivery) bool) Middleware {
+	return func(next Handler) Handler {
+		return HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *Delivery) error {
+			if !keep(d) {
+				return nil
+			}
+			return next.Handle(ctx, tx, d)
+		})
+	}
+}
+
+// Transform returns a handler that turns each delivery into a new message
+// and writes it with deliver (outbox.Publish or outbox.Send) through the
+// delivery's transaction: the new message exists if and only if the
+// delivery is marked handled. A nil message from fn means "nothing to
+// send". The new message carries the delivery's correlation-id.
+func Transform(fn func(ctx context.Context, d *Delivery) (*postbox.Message, error),
+	deliver func(ctx context.Context, db postbox.DBTX, msg *postbox.Message) error) Handler {
+	return HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *Delivery) error {
+		msg, err := fn(ctx, d)
+		if err != nil || msg == nil {
+			return err
+		}
+		if err := deliver(ctx, tx, msg); err != nil {
+			return fmt.Errorf("inbox: transform %s: %w", d.ID, err)
+		}
+		return nil
+	})
+}
+
+// Pipeline runs steps one after another in the delivery's transaction and
+// stops at the first error, which rolls back every step's effects.
+func Pipeline(steps ...Handler) Handler {
+	return HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *Delivery) error {
+		for _, s := range steps {
+			if err := s.Handle(ctx, tx, d); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// ErrTxOwned is returned when a handler tries to commit or roll back the
+// transaction it was given: the consumer does that.
+var ErrTxOwned = errors.New("inbox: the consumer owns this transaction; return nil to commit or an error to roll back")
+
+// ownedTx is the handler's view of the batch transaction: everything but
+// Commit and Rollback. Begin still works and opens a nested savepoint.
+type ownedTx struct{ pgx.Tx }
+
+func (ownedTx) Commit(context.Context) error   { return ErrTxOwned }
+func (ownedTx) Rollback(context.Context) error { return ErrTxOwned }

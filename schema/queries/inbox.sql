@@ -1,0 +1,88 @@
+-- name: ClaimBatch :many
+-- Locks up to batch_size deliveries of one subscriber that may be handled
+-- now. A keyed delivery is claimable only when no earlier pending delivery of
+-- its key exists (per-key order); rows locked by other consumers are
+-- skipped. Claiming writes nothing: attempts are counted only on failure,
+-- and a handled row is deleted. already_processed flags a message ID handled
+-- within the dedup window (a duplicate that raced the relay's check).
+SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
+       i.payload, i.headers, i.created_at, i.available_at,
+       EXISTS (SELECT 1 FROM postbox.processed p
+               WHERE p.subscriber = i.subscriber AND p.message_id = i.message_id) AS already_processed
+FROM postbox.inbox i
+WHERE i.subscriber = @subscriber
+  AND i.status = 'pending'
+  AND i.available_at <= now()
+  AND (i.key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM postbox.inbox e
+        WHERE e.subscriber = i.subscriber
+          AND e.status = 'pending'
+          AND e.key = i.key
+          AND e.seq < i.seq))
+ORDER BY i.available_at, i.seq
+LIMIT @batch_size::integer
+FOR UPDATE OF i SKIP LOCKED;
+
+-- name: CompleteDeliveries :exec
+-- Marks deliveries handled: removes them from the inbox and remembers their
+-- IDs for the dedup window. Runs in the batch transaction, so it commits
+-- together with the handlers' effects.
+WITH done AS (
+    DELETE FROM postbox.inbox d
+    WHERE d.subscriber = @subscriber AND d.message_id = ANY (@message_ids::uuid[])
+    RETURNING d.subscriber AS done_subscriber, d.message_id AS done_message_id
+)
+INSERT INTO postbox.processed (subscriber, message_id)
+SELECT done_subscriber, done_message_id FROM done
+ON CONFLICT (subscriber, message_id) DO NOTHING;
+
+-- name: FailDeliveries :exec
+-- Records failed attempts: attempts, error, and either the next attempt
+-- time or, when dead, the dead-letter headers.
+UPDATE postbox.inbox i
+SET attempts = f.attempts,
+    last_error = f.error,
+    last_error_at = now(),
+    available_at = CASE WHEN f.dead THEN i.available_at
+                        ELSE now() + f.delay_ms * interval '1 millisecond' END,
+    status = CASE WHEN f.dead THEN 'dead' ELSE 'pending' END,
+    dead_at = CASE WHEN f.dead THEN now() END,
+    headers = CASE WHEN f.dead THEN coalesce(i.headers, '{}'::jsonb) || jsonb_build_object(
+                  'x-retry-count', f.attempts::text,
+                  'x-original-error', f.error,
+                  'x-moved-to-dlq-at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+              ELSE i.headers END
+FROM (SELECT unnest(@message_ids::uuid[]) AS message_id,
+             unnest(@attempts::integer[]) AS attempts,
+             unnest(@errors::text[]) AS error,
+             unnest(@delays_ms::bigint[]) AS delay_ms,
+             unnest(@dead::boolean[]) AS dead) f
+WHERE i.subscriber = @subscriber AND i.message_id = f.message_id AND i.status = 'pending'
+  -- an attempt already counted (by a retry of this statement) is not counted again
+  AND i.attempts < f.attempts;
+
+-- name: MarkProcessed :execrows
+-- Claims a message ID for a subscriber before handling it (HandleOnce). The
+-- unique key makes check-and-mark one step: a concurrent claim of the same
+-- ID waits for this transaction and then finds the row.
+INSERT INTO postbox.processed (subscriber, message_id)
+VALUES (@subscriber, @message_id)
+ON CONFLICT (subscriber, message_id) DO NOTHING;
+
+-- name: PurgeProcessed :execrows
+-- Forgets handled message IDs older than their subscriber's dedup window,
+-- at most batch_size of them. Subscribers that no longer exist use the
+-- default window of 7 days.
+DELETE FROM postbox.processed p
+WHERE (p.subscriber, p.message_id) IN (
+    SELECT pp.subscriber, pp.message_id
+    FROM postbox.processed pp
+    LEFT JOIN postbox.subscribers s ON s.name = pp.subscriber
+    WHERE pp.processed_at < now() - coalesce(s.retention, interval '7 days')
+      AND pp.processed_at < now() - (SELECT coalesce(min(retention), interval '7 days')
+                                      FROM postbox.subscribers)
+    LIMIT @batch_size::integer);
+
+-- name: TryJanitorLock :one
+-- Only one janitor works at a time; the lock ends with the transaction.
+SELECT pg_try_advisory_xact_lock(7306640421744685166) AS locked;
