@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/postbox-dev/postbox/dispatcher"
 	"github.com/postbox-dev/postbox/internal/db"
 	"github.com/postbox-dev/postbox/internal/notify"
 )
@@ -29,6 +30,10 @@ type Config struct {
 	// (outbox.Notify) to wake the relay at once. Polling stays the
 	// correctness mechanism; this only lowers latency. Default off.
 	Listen bool
+	// Sink, if set, takes every message instead of the PostgreSQL inbox
+	// (see dispatcher.Sink); routing to subscriptions is then the sink's
+	// business. Payloads then travel through Go.
+	Sink dispatcher.Sink
 	// Logger receives errors and lifecycle events. Default: silent.
 	Logger *slog.Logger
 }
@@ -124,6 +129,9 @@ type Result struct {
 // RunOnce moves one batch and returns what it did. Each batch is one
 // statement and so one transaction: it commits whole or not at all.
 func (r *Relay) RunOnce(ctx context.Context) (Result, error) {
+	if r.cfg.Sink != nil {
+		return r.sinkOnce(ctx)
+	}
 	row, err := db.New(r.pool).RelayBatch(ctx, int32(r.cfg.BatchSize))
 	if err != nil {
 		r.errs.Add(1)

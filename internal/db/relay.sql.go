@@ -9,6 +9,70 @@ import (
 	"context"
 )
 
+const claimForSink = `-- name: ClaimForSink :many
+WITH parts AS (
+    SELECT rp.partition
+    FROM postbox.relay_partitions rp
+    ORDER BY rp.partition
+    FOR UPDATE SKIP LOCKED
+)
+SELECT ob.id, ob.message_id, ob.key_hash, ob.is_queue, ob.topic, ob.type, ob.key,
+       ob.payload, ob.headers, ob.created_at, ob.deliver_at
+FROM postbox.outbox ob
+WHERE ob.key_hash % 16 IN (SELECT p.partition FROM parts p)
+  AND (ob.deliver_at IS NULL OR ob.deliver_at <= now())
+ORDER BY ob.id
+LIMIT $1::integer
+FOR UPDATE OF ob SKIP LOCKED
+`
+
+// The Sink path: locks the free relay partitions and the oldest due outbox
+// rows in them, for the relay to hand to a Sink and then delete in the same
+// transaction.
+func (q *Queries) ClaimForSink(ctx context.Context, batchSize int32) ([]PostboxOutbox, error) {
+	rows, err := q.db.Query(ctx, claimForSink, batchSize)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []PostboxOutbox
+	for rows.Next() {
+		var i PostboxOutbox
+		if err := rows.Scan(
+			&i.ID,
+			&i.MessageID,
+			&i.KeyHash,
+			&i.IsQueue,
+			&i.Topic,
+			&i.Type,
+			&i.Key,
+			&i.Payload,
+			&i.Headers,
+			&i.CreatedAt,
+			&i.DeliverAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const deleteOutbox = `-- name: DeleteOutbox :execrows
+DELETE FROM postbox.outbox WHERE id = ANY ($1::bigint[])
+`
+
+func (q *Queries) DeleteOutbox(ctx context.Context, ids []int64) (int64, error) {
+	result, err := q.db.Exec(ctx, deleteOutbox, ids)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const relayBatch = `-- name: RelayBatch :one
 WITH parts AS (
     SELECT rp.partition

@@ -76,3 +76,25 @@ SELECT
       WHERE NOT c.is_queue AND NOT EXISTS (SELECT 1 FROM routes r WHERE r.id = c.id))::integer AS unrouted,
     (SELECT n FROM woken)::integer AS woken,
     (SELECT count(*) FROM parts)::integer AS partitions;
+
+-- name: ClaimForSink :many
+-- The Sink path: locks the free relay partitions and the oldest due outbox
+-- rows in them, for the relay to hand to a Sink and then delete in the same
+-- transaction.
+WITH parts AS (
+    SELECT rp.partition
+    FROM postbox.relay_partitions rp
+    ORDER BY rp.partition
+    FOR UPDATE SKIP LOCKED
+)
+SELECT ob.id, ob.message_id, ob.key_hash, ob.is_queue, ob.topic, ob.type, ob.key,
+       ob.payload, ob.headers, ob.created_at, ob.deliver_at
+FROM postbox.outbox ob
+WHERE ob.key_hash % 16 IN (SELECT p.partition FROM parts p)
+  AND (ob.deliver_at IS NULL OR ob.deliver_at <= now())
+ORDER BY ob.id
+LIMIT @batch_size::integer
+FOR UPDATE OF ob SKIP LOCKED;
+
+-- name: DeleteOutbox :execrows
+DELETE FROM postbox.outbox WHERE id = ANY (@ids::bigint[]);

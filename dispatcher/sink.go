@@ -1,0 +1,42 @@
+package dispatcher
+
+import (
+	"context"
+
+	"github.com/postbox-dev/postbox"
+)
+
+// Sink takes messages from the relay instead of the PostgreSQL inbox: a
+// NATS JetStream or Kafka producer, when one database is not enough. Set it
+// in relay.Config.Sink.
+//
+// Deliver must durably accept every envelope before it returns nil. The
+// relay deletes the envelopes from the outbox only then, in the
+// transaction that held them, so an error or a crash delivers them again:
+// at-least-once. Consumers on the other side deduplicate by message ID
+// (inbox.HandleOnce) to make effects exactly-once.
+//
+// Envelopes come in outbox order, and the relay's partition locks keep two
+// relays from delivering messages of one key at once, so a sink that
+// preserves the order of what it is given per partition preserves per-key
+// order. Messages whose DeliverAt is still ahead are held back until due.
+type Sink interface {
+	Deliver(ctx context.Context, batch []Envelope) error
+}
+
+// Envelope is one outbox message handed to a Sink.
+type Envelope struct {
+	postbox.Message
+	// Queue is true for a point-to-point send to the queue named Topic.
+	Queue bool
+	// KeyHash is Kafka's toPositive(murmur2(Key)) — or of the message ID
+	// when Key is empty — so KeyHash % partitions is the partition Kafka's
+	// default partitioner picks.
+	KeyHash int32
+}
+
+// SinkFunc adapts a function to Sink.
+type SinkFunc func(ctx context.Context, batch []Envelope) error
+
+// Deliver calls f.
+func (f SinkFunc) Deliver(ctx context.Context, batch []Envelope) error { return f(ctx, batch) }
