@@ -1,6 +1,6 @@
 // Package outbox writes messages inside the caller's transaction.
 //
-// Publish, Send and PublishBatch take any postbox.DBTX — a pgx.Tx, *pgx.Conn
+// Publish, Send, PublishBatch and SendBatch take any postbox.DBTX — a pgx.Tx, *pgx.Conn
 // or *pgxpool.Pool — and insert into postbox.outbox through it. Pass the
 // business transaction and the message exists if and only if that
 // transaction commits; nothing is visible to the relay before the commit,

@@ -41,6 +41,12 @@ func PublishBatch(ctx context.Context, db postbox.DBTX, msgs []*postbox.Message)
 	return defaultOutbox.PublishBatch(ctx, db, msgs)
 }
 
+// SendBatch writes many queue messages with one COPY. Each message's Topic
+// names its queue; see Send.
+func SendBatch(ctx context.Context, db postbox.DBTX, msgs []*postbox.Message) error {
+	return defaultOutbox.SendBatch(ctx, db, msgs)
+}
+
 // Publish is the package-level Publish with o's limits.
 func (o Outbox) Publish(ctx context.Context, dbtx postbox.DBTX, msg *postbox.Message) error {
 	return o.insert(ctx, dbtx, msg, false)
@@ -65,9 +71,19 @@ func (o Outbox) insert(ctx context.Context, dbtx postbox.DBTX, msg *postbox.Mess
 // PublishBatch is the package-level PublishBatch with o's limits. Every
 // message is validated before any is written.
 func (o Outbox) PublishBatch(ctx context.Context, dbtx postbox.DBTX, msgs []*postbox.Message) error {
+	return o.copy(ctx, dbtx, msgs, false)
+}
+
+// SendBatch is the package-level SendBatch with o's limits. Every message
+// is validated before any is written.
+func (o Outbox) SendBatch(ctx context.Context, dbtx postbox.DBTX, msgs []*postbox.Message) error {
+	return o.copy(ctx, dbtx, msgs, true)
+}
+
+func (o Outbox) copy(ctx context.Context, dbtx postbox.DBTX, msgs []*postbox.Message, queue bool) error {
 	rows := make([]db.CopyOutboxParams, len(msgs))
 	for i, msg := range msgs {
-		row, err := o.prepare(ctx, msg, false)
+		row, err := o.prepare(ctx, msg, queue)
 		if err != nil {
 			return fmt.Errorf("outbox: message %d of %d: %w", i, len(msgs), err)
 		}
