@@ -201,15 +201,29 @@ FROM postbox.subscribers s
 LEFT JOIN postbox.inbox i ON i.subscriber = s.name
 GROUP BY s.name, s.kind;
 
--- Replay dead letters of one subscriber: all of them, those with the given
--- message IDs, and/or those whose last error is LIKE error_like. Each becomes
--- pending again with its attempts reset, is stamped with x-replayed-at and
--- x-replay-count, and is recorded in postbox.replays. Returns how many.
+-- Replay dead letters of one subscriber. Every other argument narrows the
+-- selection and NULL means "any": message_ids (one of these IDs), error_like
+-- (last_error LIKE this pattern), type_name (exactly this message type),
+-- dead_since / dead_until (dead_at in [dead_since, dead_until)), and max_rows
+-- (at most this many, oldest dead_at first; NULL means all). Each selected
+-- letter becomes pending again with its attempts reset, is stamped with
+-- x-replayed-at and x-replay-count, and is recorded in postbox.replays.
+-- Returns how many. The Go package dlq calls this function, so psql, the
+-- binary and Go replay the same way. Concurrent replays of the same letters
+-- are safe: a letter another replay took first is no longer dead and is
+-- skipped after its lock is released.
+--   SELECT postbox.replay_dead_letters('inventory');
+--   SELECT postbox.replay_dead_letters('inventory', error_like => '%timeout%',
+--                                      dead_since => now() - interval '1 hour');
 -- +goose StatementBegin
 CREATE FUNCTION postbox.replay_dead_letters(
     subscriber  text,
-    message_ids uuid[] DEFAULT NULL,
-    error_like  text   DEFAULT NULL)
+    message_ids uuid[]      DEFAULT NULL,
+    error_like  text        DEFAULT NULL,
+    type_name   text        DEFAULT NULL,
+    dead_since  timestamptz DEFAULT NULL,
+    dead_until  timestamptz DEFAULT NULL,
+    max_rows    integer     DEFAULT NULL)
 RETURNS integer
 LANGUAGE sql VOLATILE AS $$
     WITH replayed AS (
@@ -229,6 +243,11 @@ LANGUAGE sql VOLATILE AS $$
               AND d.status = 'dead'
               AND (replay_dead_letters.message_ids IS NULL OR d.message_id = ANY (replay_dead_letters.message_ids))
               AND (replay_dead_letters.error_like IS NULL OR d.last_error LIKE replay_dead_letters.error_like)
+              AND (replay_dead_letters.type_name IS NULL OR d.type = replay_dead_letters.type_name)
+              AND (replay_dead_letters.dead_since IS NULL OR d.dead_at >= replay_dead_letters.dead_since)
+              AND (replay_dead_letters.dead_until IS NULL OR d.dead_at < replay_dead_letters.dead_until)
+            ORDER BY d.dead_at, d.message_id
+            LIMIT replay_dead_letters.max_rows
             FOR UPDATE
         ) old
         WHERE i.subscriber = old.subscriber AND i.message_id = old.message_id
@@ -242,21 +261,37 @@ LANGUAGE sql VOLATILE AS $$
 $$;
 -- +goose StatementEnd
 
--- Delete dead letters of one subscriber, with the same selection as
--- replay_dead_letters. Returns how many.
+-- Delete dead letters of one subscriber, with the same arguments and the
+-- same selection as replay_dead_letters. Returns how many.
+--   SELECT postbox.purge_dead_letters('inventory', error_like => 'no-route');
 -- +goose StatementBegin
 CREATE FUNCTION postbox.purge_dead_letters(
     subscriber  text,
-    message_ids uuid[] DEFAULT NULL,
-    error_like  text   DEFAULT NULL)
+    message_ids uuid[]      DEFAULT NULL,
+    error_like  text        DEFAULT NULL,
+    type_name   text        DEFAULT NULL,
+    dead_since  timestamptz DEFAULT NULL,
+    dead_until  timestamptz DEFAULT NULL,
+    max_rows    integer     DEFAULT NULL)
 RETURNS integer
 LANGUAGE sql VOLATILE AS $$
     WITH purged AS (
-        DELETE FROM postbox.inbox d
-        WHERE d.subscriber = purge_dead_letters.subscriber
-          AND d.status = 'dead'
-          AND (purge_dead_letters.message_ids IS NULL OR d.message_id = ANY (purge_dead_letters.message_ids))
-          AND (purge_dead_letters.error_like IS NULL OR d.last_error LIKE purge_dead_letters.error_like)
+        DELETE FROM postbox.inbox i
+        USING (
+            SELECT d.subscriber, d.message_id
+            FROM postbox.inbox d
+            WHERE d.subscriber = purge_dead_letters.subscriber
+              AND d.status = 'dead'
+              AND (purge_dead_letters.message_ids IS NULL OR d.message_id = ANY (purge_dead_letters.message_ids))
+              AND (purge_dead_letters.error_like IS NULL OR d.last_error LIKE purge_dead_letters.error_like)
+              AND (purge_dead_letters.type_name IS NULL OR d.type = purge_dead_letters.type_name)
+              AND (purge_dead_letters.dead_since IS NULL OR d.dead_at >= purge_dead_letters.dead_since)
+              AND (purge_dead_letters.dead_until IS NULL OR d.dead_at < purge_dead_letters.dead_until)
+            ORDER BY d.dead_at, d.message_id
+            LIMIT purge_dead_letters.max_rows
+            FOR UPDATE
+        ) old
+        WHERE i.subscriber = old.subscriber AND i.message_id = old.message_id
         RETURNING 1
     )
     SELECT count(*)::integer FROM purged
@@ -264,8 +299,8 @@ $$;
 -- +goose StatementEnd
 
 -- +goose Down
-DROP FUNCTION postbox.purge_dead_letters(text, uuid[], text);
-DROP FUNCTION postbox.replay_dead_letters(text, uuid[], text);
+DROP FUNCTION postbox.purge_dead_letters(text, uuid[], text, text, timestamptz, timestamptz, integer);
+DROP FUNCTION postbox.replay_dead_letters(text, uuid[], text, text, timestamptz, timestamptz, integer);
 DROP VIEW postbox.queue_depths;
 DROP VIEW postbox.dead_letters;
 DROP FUNCTION postbox.payload_matches(bytea, jsonpath);
