@@ -300,6 +300,7 @@ func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 			// a killed backend): the batch rolls back, and this delivery's
 			// failed attempt is recorded on its own so it cannot loop.
 			c.errs.Add(1)
+			_ = tx.Rollback(bctx) // give the connection back before taking another
 			c.recordAlone(f)
 			return 0, fmt.Errorf("inbox: rollback to savepoint after %s failed: %w", d.ID, err)
 		}
