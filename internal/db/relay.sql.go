@@ -118,7 +118,8 @@ WITH parts AS (
 ), no_route AS (
     INSERT INTO postbox.inbox (subscriber, message_id, partition, status, topic, type, key,
                                payload, headers, created_at, last_error, last_error_at, dead_at)
-    SELECT c.topic, c.message_id, 0, 'dead', c.topic, c.type, c.key,
+    -- partition by the default partition count: the queue does not exist yet.
+    SELECT c.topic, c.message_id, c.key_hash % 16, 'dead', c.topic, c.type, c.key,
            c.payload,
            coalesce(c.headers, '{}'::jsonb) || jsonb_build_object(
                'x-retry-count', '0',
