@@ -1,0 +1,274 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/postbox-dev/postbox"
+	"github.com/postbox-dev/postbox/dispatcher"
+	"github.com/postbox-dev/postbox/inbox"
+	"github.com/postbox-dev/postbox/outbox"
+	"github.com/postbox-dev/postbox/relay"
+)
+
+// Connections a consumer with the default Config uses: one per worker and
+// one that listens for the relay's wake-ups.
+const connsPerConsumer = inbox.DefaultConcurrency + 1
+
+// effectHandler writes one effect row through the delivery's transaction.
+var effectHandler = inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
+	return insertEffect(ctx, tx, d.Subscriber, d.ID.String())
+})
+
+// preload writes n messages through the outbox, batch per transaction
+// (outbox.SendBatch to a queue, or outbox.PublishBatch to a topic). Setup,
+// not timed.
+func preload(ctx context.Context, e *env, db *pgxpool.Pool, topic string, queue bool, first, n, keys int) error {
+	const batch = 10000
+	for at := first; at < first+n; at += batch {
+		size := min(batch, first+n-at)
+		msgs := make([]*postbox.Message, size)
+		for j := range msgs {
+			msgs[j], _ = newOrder(at+j, topic, keys)
+		}
+		err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+			if queue {
+				return outbox.SendBatch(ctx, tx, msgs)
+			}
+			return outbox.PublishBatch(ctx, tx, msgs)
+		})
+		if err != nil {
+			return fmt.Errorf("preload: %w", err)
+		}
+		if done := at + size - first; done%100000 == 0 || done == n {
+			e.logf("preloaded %d/%d messages", done, n)
+		}
+	}
+	return nil
+}
+
+// drainSetup is one consume run: the subscribers to run consumers for, and
+// how many effect rows mark the end.
+type drainSetup struct {
+	subscribers []string
+	consumers   int // Consumer instances per subscriber, library defaults each
+	want        int64
+	timeout     time.Duration
+}
+
+// consumeAll starts one relay and the consumers, all with the library's
+// default configuration, and returns the time until want deliveries have
+// been handled and committed. It then checks that the effect table holds
+// exactly want rows, one per (subscriber, message).
+func consumeAll(ctx context.Context, e *env, db *pgxpool.Pool, s drainSetup) (time.Duration, error) {
+	r, err := relay.New(db, relay.Config{})
+	if err != nil {
+		return 0, err
+	}
+	var cs []*inbox.Consumer
+	for _, sub := range s.subscribers {
+		for range s.consumers {
+			c, err := inbox.NewConsumer(db, inbox.Config{Subscriber: sub, Handler: effectHandler})
+			if err != nil {
+				return 0, err
+			}
+			cs = append(cs, c)
+		}
+	}
+	handled := func() int64 {
+		var n int64
+		for _, c := range cs {
+			n += c.Stats().Handled
+		}
+		return n
+	}
+
+	runCtx, stopRun := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	start := time.Now()
+	wg.Go(func() { _ = r.Run(runCtx) })
+	for _, c := range cs {
+		wg.Go(func() { _ = c.Run(runCtx) })
+	}
+	stopProgress := e.every(func() {
+		rs := r.Stats()
+		e.logf("  relayed %d, handled %d/%d (%.0f/s)", rs.Claimed, handled(), s.want, float64(handled())/time.Since(start).Seconds())
+	})
+	elapsed, err := waitFor(ctx, s.timeout, func() bool { return handled() >= s.want })
+	stopProgress()
+	stopRun()
+	wg.Wait()
+	if err != nil {
+		rs := r.Stats()
+		return 0, fmt.Errorf("%w: relayed %d (errors %d), handled %d of %d", err, rs.Claimed, rs.Errors, handled(), s.want)
+	}
+	rows, distinct, err := countEffects(ctx, db)
+	if err != nil {
+		return 0, fmt.Errorf("count effects: %w", err)
+	}
+	if rows != s.want || distinct != s.want {
+		return 0, fmt.Errorf("effect rows: %d (%d distinct), want exactly %d", rows, distinct, s.want)
+	}
+	return elapsed, nil
+}
+
+// waitFor polls done every millisecond and returns the time from its call
+// until done reported true. done must be cheap.
+func waitFor(ctx context.Context, timeout time.Duration, done func() bool) (time.Duration, error) {
+	start := time.Now()
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for !done() {
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-deadline.C:
+			return 0, fmt.Errorf("not done after %s", timeout)
+		case <-t.C:
+		}
+	}
+	return time.Since(start), nil
+}
+
+func drainFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
+	n := fs.Int("n", 100000, "messages preloaded into the queue")
+	consumers := fs.Int("consumers", 1, "inbox.Consumer instances, each with the default Config (4 workers, batches of 50)")
+	keys := fs.Int("keys", 0, "distinct message keys (0: messages have no key, so no per-key order applies)")
+	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long")
+	return func(ctx context.Context, e *env) (result, error) {
+		if *n < 1 || *consumers < 1 {
+			return result{}, errors.New("--n and --consumers must be at least 1")
+		}
+		db, err := e.pool(ctx, 2+*consumers*connsPerConsumer)
+		if err != nil {
+			return result{}, err
+		}
+		if err := e.reset(ctx, db); err != nil {
+			return result{}, err
+		}
+		const queue = "bench-drain"
+		if err := dispatcher.DeclareQueue(ctx, db, queue, dispatcher.Options{}); err != nil {
+			return result{}, err
+		}
+		if err := preload(ctx, e, db, queue, true, 0, *n, *keys); err != nil {
+			return result{}, err
+		}
+		elapsed, err := consumeAll(ctx, e, db, drainSetup{
+			subscribers: []string{queue}, consumers: *consumers, want: int64(*n), timeout: *timeout})
+		if err != nil {
+			return result{}, err
+		}
+		return result{msgs: *n, seconds: elapsed.Seconds()}, nil
+	}
+}
+
+func fanoutFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
+	n := fs.Int("n", 20000, "messages published to the topic")
+	subscribers := fs.Int("subscribers", 10, "subscribers of the topic, one consumer each")
+	keys := fs.Int("keys", 0, "distinct message keys (0: messages have no key)")
+	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long")
+	return func(ctx context.Context, e *env) (result, error) {
+		if *n < 1 || *subscribers < 1 || *subscribers > 99 {
+			return result{}, errors.New("--n must be at least 1, --subscribers 1 to 99")
+		}
+		db, err := e.pool(ctx, 2+*subscribers*connsPerConsumer)
+		if err != nil {
+			return result{}, err
+		}
+		if err := e.reset(ctx, db); err != nil {
+			return result{}, err
+		}
+		const topic = "bench.fanout"
+		subs := make([]string, *subscribers)
+		for i := range subs {
+			subs[i] = fmt.Sprintf("bench-fanout-%02d", i)
+			if err := dispatcher.Subscribe(ctx, db, dispatcher.Subscription{Subscriber: subs[i], Topic: topic}); err != nil {
+				return result{}, err
+			}
+		}
+		if err := preload(ctx, e, db, topic, false, 0, *n, *keys); err != nil {
+			return result{}, err
+		}
+		want := int64(*n) * int64(*subscribers)
+		elapsed, err := consumeAll(ctx, e, db, drainSetup{
+			subscribers: subs, consumers: 1, want: want, timeout: *timeout})
+		if err != nil {
+			return result{}, err
+		}
+		// msgs counts deliveries: each message handled by each subscriber.
+		return result{msgs: int(want), seconds: elapsed.Seconds()}, nil
+	}
+}
+
+func backlogFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
+	n := fs.Int("n", 1000000, "older messages waiting while the fresh ones drain")
+	fresh := fs.Int("fresh", 10000, "fresh messages sent through the outbox and timed")
+	waiting := fs.String("waiting", "delayed", `where the older messages wait: "delayed" (pending in the same queue's inbox, due in a day) or "other" (due, in the inbox of another queue that has no consumer)`)
+	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long")
+	return func(ctx context.Context, e *env) (result, error) {
+		if *n < 0 || *fresh < 1 {
+			return result{}, errors.New("--n must be at least 0 and --fresh at least 1")
+		}
+		const queue, other = "bench-backlog", "bench-backlog-other"
+		var waitSub, delay string
+		switch *waiting {
+		case "delayed":
+			waitSub, delay = queue, "1 day"
+		case "other":
+			waitSub, delay = other, "0"
+		default:
+			return result{}, fmt.Errorf("--waiting %q: want delayed or other", *waiting)
+		}
+		db, err := e.pool(ctx, 2+connsPerConsumer)
+		if err != nil {
+			return result{}, err
+		}
+		if err := e.reset(ctx, db); err != nil {
+			return result{}, err
+		}
+		for _, q := range []string{queue, other} {
+			if err := dispatcher.DeclareQueue(ctx, db, q, dispatcher.Options{}); err != nil {
+				return result{}, err
+			}
+		}
+		// Setup: the waiting rows go straight into the inbox, as a relay
+		// would have put them, in chunks so progress shows.
+		const chunk = 100000
+		for done := 0; done < *n; done += chunk {
+			size := min(chunk, *n-done)
+			if _, err := db.Exec(ctx, sqlPreloadWaiting, waitSub, size, delay); err != nil {
+				return result{}, fmt.Errorf("preload waiting rows: %w", err)
+			}
+			e.logf("waiting rows: %d/%d", done+size, *n)
+		}
+		// As autovacuum would have by the time such a backlog exists.
+		if _, err := db.Exec(ctx, "VACUUM ANALYZE postbox.inbox"); err != nil {
+			return result{}, fmt.Errorf("vacuum: %w", err)
+		}
+		if err := preload(ctx, e, db, queue, true, 0, *fresh, 0); err != nil {
+			return result{}, err
+		}
+		elapsed, err := consumeAll(ctx, e, db, drainSetup{
+			subscribers: []string{queue}, consumers: 1, want: int64(*fresh), timeout: *timeout})
+		if err != nil {
+			return result{}, err
+		}
+		var left int64
+		if err := db.QueryRow(ctx, sqlCountPending, waitSub).Scan(&left); err != nil {
+			return result{}, fmt.Errorf("count waiting rows: %w", err)
+		}
+		if left != int64(*n) {
+			return result{}, fmt.Errorf("waiting rows: %d pending after the run, want %d", left, *n)
+		}
+		return result{msgs: *fresh, seconds: elapsed.Seconds()}, nil
+	}
+}

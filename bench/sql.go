@@ -1,0 +1,65 @@
+package bench
+
+// The bench's own tables live in schema postbox_bench, outside the product's
+// migrations, so sqlc (which compiles against those migrations) cannot check
+// these statements; they are constants, never built from input.
+
+// sqlSetup creates the bench tables. raw_outbox has the columns of
+// postbox.outbox and, like it, only a primary key: it is what a hand-written
+// outbox would be.
+const sqlSetup = `
+CREATE SCHEMA IF NOT EXISTS postbox_bench;
+CREATE TABLE IF NOT EXISTS postbox_bench.orders (
+    id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer     text        NOT NULL,
+    amount_cents bigint      NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS postbox_bench.raw_outbox (
+    id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    message_id uuid        NOT NULL,
+    key_hash   integer     NOT NULL,
+    is_queue   boolean     NOT NULL DEFAULT false,
+    topic      text        NOT NULL,
+    type       text        NOT NULL DEFAULT '',
+    key        text,
+    payload    bytea       NOT NULL,
+    headers    jsonb,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    deliver_at timestamptz
+);
+CREATE TABLE IF NOT EXISTS postbox_bench.effects (
+    id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subscriber text        NOT NULL,
+    message_id text        NOT NULL,
+    handled_at timestamptz NOT NULL DEFAULT now()
+);`
+
+const sqlReset = `TRUNCATE postbox.outbox, postbox.inbox, postbox.processed, postbox.replays,
+    postbox.subscriptions, postbox.subscribers,
+    postbox_bench.orders, postbox_bench.raw_outbox, postbox_bench.effects RESTART IDENTITY`
+
+const sqlInsertOrder = `INSERT INTO postbox_bench.orders (customer, amount_cents) VALUES ($1, $2)`
+
+const sqlInsertRaw = `INSERT INTO postbox_bench.raw_outbox (message_id, key_hash, topic, type, key, payload, headers)
+VALUES ($1, $2, $3, $4, $5, $6, $7)`
+
+var rawCopyColumns = []string{"message_id", "key_hash", "topic", "type", "key", "payload", "headers"}
+
+const sqlInsertEffect = `INSERT INTO postbox_bench.effects (subscriber, message_id) VALUES ($1, $2)`
+
+const sqlCountEffects = `SELECT count(*), count(DISTINCT (subscriber, message_id)) FROM postbox_bench.effects`
+
+// sqlPreloadWaiting puts $2 pending rows into subscriber $1's inbox, due
+// after $3 (an interval): with '1 day' a backlog that waits in the index the
+// consumer claims from without being due. Setup only, not timed.
+const sqlPreloadWaiting = `
+INSERT INTO postbox.inbox (subscriber, message_id, partition, topic, type, payload, available_at, created_at)
+SELECT $1, gen_random_uuid(), g % 16, 'bench.backlog', 'order.created',
+       convert_to('{"order_id":' || g || ',"customer":"c-' || (g % 1000) || '","amount_cents":1234,"currency":"EUR"}', 'UTF8'),
+       now() + $3::text::interval, now()
+FROM generate_series(1, $2::integer) g`
+
+const sqlCountPending = `SELECT count(*) FROM postbox.inbox WHERE subscriber = $1 AND status = 'pending'`
+
+const sqlCountOutbox = `SELECT count(*) FROM postbox.outbox`
