@@ -38,19 +38,22 @@ ON CONFLICT (subscriber, message_id) DO NOTHING;
 
 -- name: FailDeliveries :exec
 -- Records failed attempts: attempts, error, and either the next attempt
--- time or, when dead, the dead-letter headers.
+-- time or, when dead, the dead-letter headers. Times are this statement's,
+-- not now() (the start of the batch transaction): the batch's handlers ran
+-- in between, and a backoff counted from before them would be cut short by
+-- however long they took.
 UPDATE postbox.inbox i
 SET attempts = f.attempts,
     last_error = f.error,
-    last_error_at = now(),
+    last_error_at = statement_timestamp(),
     available_at = CASE WHEN f.dead THEN i.available_at
-                        ELSE now() + f.delay_ms * interval '1 millisecond' END,
+                        ELSE statement_timestamp() + f.delay_ms * interval '1 millisecond' END,
     status = CASE WHEN f.dead THEN 'dead' ELSE 'pending' END,
-    dead_at = CASE WHEN f.dead THEN now() END,
+    dead_at = CASE WHEN f.dead THEN statement_timestamp() END,
     headers = CASE WHEN f.dead THEN coalesce(i.headers, '{}'::jsonb) || jsonb_build_object(
                   'x-retry-count', f.attempts::text,
                   'x-original-error', f.error,
-                  'x-moved-to-dlq-at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+                  'x-moved-to-dlq-at', to_char(statement_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
               ELSE i.headers END
 FROM (SELECT unnest(@message_ids::uuid[]) AS message_id,
              unnest(@attempts::integer[]) AS attempts,
