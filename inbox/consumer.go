@@ -326,7 +326,7 @@ func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 		}
 	}
 	if len(fails) > 0 {
-		if err := q.FailDeliveries(bctx, failParams(c.cfg.Subscriber, fails)); err != nil {
+		if _, err := q.FailDeliveries(bctx, failParams(c.cfg.Subscriber, fails)); err != nil {
 			c.errs.Add(1)
 			return 0, fmt.Errorf("inbox: record failures: %w", err)
 		}
@@ -382,12 +382,18 @@ func (c *Consumer) classify(p retryPolicy, r db.ClaimBatchRow, err error) failur
 
 // recordAlone records one failed attempt in a transaction of its own, after
 // the batch's transaction was lost. It is idempotent: an attempt already
-// counted is not counted again.
+// counted is not counted again, in the table or in Stats.
 func (c *Consumer) recordAlone(f failure) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := c.q.FailDeliveries(ctx, failParams(c.cfg.Subscriber, []failure{f})); err != nil {
+	n, err := c.q.FailDeliveries(ctx, failParams(c.cfg.Subscriber, []failure{f}))
+	switch {
+	case err != nil:
 		c.cfg.Logger.Error("record failed attempt", "subscriber", c.cfg.Subscriber, "message_id", f.id, "err", err)
+	case n == 1 && f.dead:
+		c.dead.Add(1)
+	case n == 1:
+		c.failed.Add(1)
 	}
 }
 

@@ -115,7 +115,7 @@ func (q *Queries) CompleteDeliveries(ctx context.Context, arg CompleteDeliveries
 	return err
 }
 
-const failDeliveries = `-- name: FailDeliveries :exec
+const failDeliveries = `-- name: FailDeliveries :execrows
 UPDATE postbox.inbox i
 SET attempts = f.attempts,
     last_error = f.error,
@@ -153,8 +153,8 @@ type FailDeliveriesParams struct {
 // not now() (the start of the batch transaction): the batch's handlers ran
 // in between, and a backoff counted from before them would be cut short by
 // however long they took.
-func (q *Queries) FailDeliveries(ctx context.Context, arg FailDeliveriesParams) error {
-	_, err := q.db.Exec(ctx, failDeliveries,
+func (q *Queries) FailDeliveries(ctx context.Context, arg FailDeliveriesParams) (int64, error) {
+	result, err := q.db.Exec(ctx, failDeliveries,
 		arg.Subscriber,
 		arg.MessageIds,
 		arg.Attempts,
@@ -162,7 +162,10 @@ func (q *Queries) FailDeliveries(ctx context.Context, arg FailDeliveriesParams) 
 		arg.DelaysMs,
 		arg.Dead,
 	)
-	return err
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const markProcessed = `-- name: MarkProcessed :execrows

@@ -36,7 +36,7 @@ INSERT INTO postbox.processed (subscriber, message_id)
 SELECT done_subscriber, done_message_id FROM done
 ON CONFLICT (subscriber, message_id) DO NOTHING;
 
--- name: FailDeliveries :exec
+-- name: FailDeliveries :execrows
 -- Records failed attempts: attempts, error, and either the next attempt
 -- time or, when dead, the dead-letter headers. Times are this statement's,
 -- not now() (the start of the batch transaction): the batch's handlers ran
