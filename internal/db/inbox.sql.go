@@ -197,14 +197,17 @@ WHERE (p.subscriber, p.message_id) IN (
     FROM postbox.processed pp
     LEFT JOIN postbox.subscribers s ON s.name = pp.subscriber
     WHERE pp.processed_at < now() - coalesce(s.retention, interval '7 days')
-      AND pp.processed_at < now() - (SELECT coalesce(min(retention), interval '7 days')
-                                      FROM postbox.subscribers)
+      AND pp.processed_at < now() - least((SELECT min(retention) FROM postbox.subscribers),
+                                          interval '7 days')
     LIMIT $1::integer)
 `
 
 // Forgets handled message IDs older than their subscriber's dedup window,
-// at most batch_size of them. Subscribers that no longer exist use the
-// default window of 7 days.
+// at most batch_size of them. Subscribers that no longer exist, or never
+// were declared (HandleOnce), use the default window of 7 days. The second
+// condition is the shortest window of all, a constant bound the BRIN index
+// on processed_at can use; it must include that default window, or IDs of
+// undeclared subscribers would be kept as long as the shortest declared one.
 func (q *Queries) PurgeProcessed(ctx context.Context, batchSize int32) (int64, error) {
 	result, err := q.db.Exec(ctx, purgeProcessed, batchSize)
 	if err != nil {

@@ -74,16 +74,19 @@ ON CONFLICT (subscriber, message_id) DO NOTHING;
 
 -- name: PurgeProcessed :execrows
 -- Forgets handled message IDs older than their subscriber's dedup window,
--- at most batch_size of them. Subscribers that no longer exist use the
--- default window of 7 days.
+-- at most batch_size of them. Subscribers that no longer exist, or never
+-- were declared (HandleOnce), use the default window of 7 days. The second
+-- condition is the shortest window of all, a constant bound the BRIN index
+-- on processed_at can use; it must include that default window, or IDs of
+-- undeclared subscribers would be kept as long as the shortest declared one.
 DELETE FROM postbox.processed p
 WHERE (p.subscriber, p.message_id) IN (
     SELECT pp.subscriber, pp.message_id
     FROM postbox.processed pp
     LEFT JOIN postbox.subscribers s ON s.name = pp.subscriber
     WHERE pp.processed_at < now() - coalesce(s.retention, interval '7 days')
-      AND pp.processed_at < now() - (SELECT coalesce(min(retention), interval '7 days')
-                                      FROM postbox.subscribers)
+      AND pp.processed_at < now() - least((SELECT min(retention) FROM postbox.subscribers),
+                                          interval '7 days')
     LIMIT @batch_size::integer);
 
 -- name: TryJanitorLock :one
