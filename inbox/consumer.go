@@ -9,9 +9,11 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -367,17 +369,29 @@ func (c *Consumer) call(ctx context.Context, tx pgx.Tx, d *Delivery) (err error)
 // permanent or out of attempts, otherwise retried after a backoff.
 func (c *Consumer) classify(p retryPolicy, r db.ClaimBatchRow, err error) failure {
 	attempts := int(r.Attempts) + 1
-	msg := err.Error()
-	if len(msg) > maxErrorBytes {
-		msg = msg[:maxErrorBytes]
-	}
-	f := failure{id: r.MessageID, attempts: attempts, err: msg}
+	f := failure{id: r.MessageID, attempts: attempts, err: errorText(err)}
 	if postbox.IsPermanent(err) || attempts >= p.maxAttempts {
 		f.dead = true
 	} else {
 		f.delay = p.delay(attempts)
 	}
 	return f
+}
+
+// errorText is err's message as PostgreSQL text can hold it: valid UTF-8
+// without NUL bytes (each bad byte becomes U+FFFD), cut at a character
+// boundary to at most maxErrorBytes. Text it cannot hold would fail the
+// statement recording the whole batch's outcome, on every attempt.
+func errorText(err error) string {
+	msg := strings.ReplaceAll(strings.ToValidUTF8(err.Error(), "\uFFFD"), "\x00", "\uFFFD")
+	if len(msg) > maxErrorBytes {
+		cut := maxErrorBytes
+		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+			cut--
+		}
+		msg = msg[:cut]
+	}
+	return msg
 }
 
 // recordAlone records one failed attempt in a transaction of its own, after
