@@ -176,7 +176,7 @@ func Subscribe(ctx context.Context, dbtx postbox.DBTX, s Subscription) error {
 	q := db.New(dbtx)
 	var filter *string
 	if s.Filter != "" {
-		if err := checkFilter(ctx, q, s.Filter); err != nil {
+		if err := checkFilter(ctx, dbtx, s.Filter); err != nil {
 			return err
 		}
 		filter = &s.Filter
@@ -207,13 +207,38 @@ func Subscribe(ctx context.Context, dbtx postbox.DBTX, s Subscription) error {
 // checkFilter parses the filter in the database, inside a savepoint when
 // dbtx is a transaction, so a malformed filter is a validation error and the
 // caller's transaction stays usable.
-func checkFilter(ctx context.Context, q *db.Queries, filter string) error {
+func checkFilter(ctx context.Context, dbtx postbox.DBTX, filter string) error {
 	if len(filter) > 4096 {
 		return &postbox.ValidationError{Field: "filter", Reason: "longer than 4096 bytes"}
 	}
 	if strings.IndexByte(filter, 0) >= 0 {
 		return &postbox.ValidationError{Field: "filter", Reason: "contains a NUL byte"}
 	}
+	tx, ok := dbtx.(pgx.Tx)
+	if !ok {
+		return parseFilter(ctx, db.New(dbtx), filter)
+	}
+	// A failed statement aborts the whole transaction; a savepoint confines
+	// the failure to the check.
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("dispatcher: check filter: %w", err)
+	}
+	if err := parseFilter(ctx, db.New(sp), filter); err != nil {
+		if rbErr := sp.Rollback(ctx); rbErr != nil {
+			return fmt.Errorf("dispatcher: check filter: %w", errors.Join(err, rbErr))
+		}
+		return err
+	}
+	if err := sp.Commit(ctx); err != nil {
+		return fmt.Errorf("dispatcher: check filter: %w", err)
+	}
+	return nil
+}
+
+// parseFilter casts filter to jsonpath and turns a syntax error into a
+// validation error.
+func parseFilter(ctx context.Context, q *db.Queries, filter string) error {
 	err := q.CheckJSONPath(ctx, filter)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && (pgErr.Code == "42601" || strings.HasPrefix(pgErr.Code, "22")) {
