@@ -127,12 +127,12 @@ type Result struct {
 }
 
 // RunOnce moves one batch and returns what it did. Each batch is one
-// statement and so one transaction: it commits whole or not at all.
+// statement in one transaction: it commits whole or not at all.
 func (r *Relay) RunOnce(ctx context.Context) (Result, error) {
 	if r.cfg.Sink != nil {
 		return r.sinkOnce(ctx)
 	}
-	row, err := db.New(r.pool).RelayBatch(ctx, int32(r.cfg.BatchSize))
+	row, err := r.relayBatch(ctx)
 	if err != nil {
 		r.errs.Add(1)
 		return Result{}, fmt.Errorf("relay: batch: %w", err)
@@ -146,6 +146,25 @@ func (r *Relay) RunOnce(ctx context.Context) (Result, error) {
 		r.unrouted.Add(int64(res.Unrouted))
 	}
 	return res, nil
+}
+
+// relayBatch runs the relay statement in a transaction with JIT off: left
+// on, a batch of a few thousand rows spends most of its time compiling.
+func (r *Relay) relayBatch(ctx context.Context) (db.RelayBatchRow, error) {
+	tx, err := r.pool.Begin(ctx)
+	if err != nil {
+		return db.RelayBatchRow{}, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	q := db.New(tx)
+	if err := q.RelayNoJIT(ctx); err != nil {
+		return db.RelayBatchRow{}, err
+	}
+	row, err := q.RelayBatch(ctx, int32(r.cfg.BatchSize))
+	if err != nil {
+		return db.RelayBatchRow{}, err
+	}
+	return row, tx.Commit(ctx)
 }
 
 // Drain moves batches until the outbox has nothing the relay can claim,

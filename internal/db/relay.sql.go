@@ -19,7 +19,8 @@ WITH parts AS (
 SELECT ob.id, ob.message_id, ob.key_hash, ob.is_queue, ob.topic, ob.type, ob.key,
        ob.payload, ob.headers, ob.created_at, ob.deliver_at
 FROM postbox.outbox ob
-WHERE ob.key_hash % 16 IN (SELECT p.partition FROM parts p)
+    -- An array, not IN (SELECT ...): see RelayBatch.
+WHERE ob.key_hash % 16 = ANY (ARRAY(SELECT p.partition FROM parts p))
   AND (ob.deliver_at IS NULL OR ob.deliver_at <= now())
 ORDER BY ob.id
 LIMIT $1::integer
@@ -84,7 +85,11 @@ WITH parts AS (
     WHERE o.id IN (
         SELECT ob.id
         FROM postbox.outbox ob
-        WHERE ob.key_hash % 16 IN (SELECT p.partition FROM parts p)
+        -- An array (an InitPlan, computed once) rather than IN (SELECT ...):
+        -- a semi-join makes the planner hash-join and sort the whole outbox
+        -- for every batch, where this walks the primary key in id order and
+        -- stops after batch_size rows, whatever the backlog.
+        WHERE ob.key_hash % 16 = ANY (ARRAY(SELECT p.partition FROM parts p))
         ORDER BY ob.id
         LIMIT $1::integer
         FOR UPDATE SKIP LOCKED)
@@ -175,4 +180,18 @@ func (q *Queries) RelayBatch(ctx context.Context, batchSize int32) (RelayBatchRo
 		&i.Partitions,
 	)
 	return i, err
+}
+
+const relayNoJIT = `-- name: RelayNoJIT :exec
+SELECT set_config('jit', 'off', true)
+`
+
+// Turns JIT compilation off for the rest of the relay's transaction. The
+// planner prices RelayBatch by its routing join (claimed rows × an unanalyzed
+// subscriptions table × payload_matches), so a batch of a few thousand rows
+// crosses jit_above_cost and spends most of a second compiling a statement
+// that runs in a fraction of that.
+func (q *Queries) RelayNoJIT(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, relayNoJIT)
+	return err
 }
