@@ -1,0 +1,300 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// flags is one command's flag set with its usage text. Flags and positional
+// arguments may be mixed ("queue declare NAME --max-attempts 3"); "--" ends
+// the flags.
+type flags struct {
+	*flag.FlagSet
+	synopsis string // e.g. "postbox dlq replay --subscriber S [flags]"
+	help     string // what the command does, one paragraph or more
+}
+
+func newFlags(name, synopsis, help string) *flags {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // parse errors are reported by cli.run
+	fs.Usage = func() {}
+	return &flags{FlagSet: fs, synopsis: synopsis, help: help}
+}
+
+func (f *flags) usage(w io.Writer) {
+	fmt.Fprintf(w, "usage: %s\n\n%s\n", f.synopsis, strings.TrimSpace(f.help))
+	first := true
+	f.VisitAll(func(fl *flag.Flag) {
+		if first {
+			fmt.Fprint(w, "\nflags:\n")
+			first = false
+		}
+		typ, help := flag.UnquoteUsage(fl)
+		fmt.Fprintf(w, "  --%s", fl.Name)
+		if typ != "" {
+			fmt.Fprintf(w, " %s", typ)
+		}
+		fmt.Fprintf(w, "\n        %s", strings.ReplaceAll(help, "\n", "\n        "))
+		switch fl.DefValue {
+		case "", "0", "0s", "false", "[]":
+		default:
+			if typ == "string" {
+				fmt.Fprintf(w, " (default %q)", fl.DefValue)
+			} else {
+				fmt.Fprintf(w, " (default %s)", fl.DefValue)
+			}
+		}
+		fmt.Fprintln(w)
+	})
+}
+
+// usageErr returns a usage error that prints this command's usage.
+func (f *flags) usageErr(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...), usage: f.usage}
+}
+
+// parse parses args and returns the positional arguments. --help prints the
+// usage on stdout and returns flag.ErrHelp.
+func (f *flags) parse(stdout io.Writer, args []string) ([]string, error) {
+	var pos []string
+	for {
+		err := f.Parse(args)
+		if errors.Is(err, flag.ErrHelp) {
+			f.usage(stdout)
+			return nil, flag.ErrHelp
+		}
+		if err != nil {
+			return nil, f.usageErr("%s: %v", f.Name(), err)
+		}
+		rest := f.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if i := len(args) - len(rest); i > 0 && args[i-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+// noArgs rejects positional arguments.
+func (f *flags) noArgs(pos []string) error {
+	if len(pos) > 0 {
+		return f.usageErr("%s: unexpected argument %q", f.Name(), pos[0])
+	}
+	return nil
+}
+
+// common are the flags of every command that talks to the database.
+type common struct {
+	databaseURL string
+	logFormat   string
+	logLevel    string
+}
+
+func (f *flags) common() *common {
+	var g common
+	f.StringVar(&g.databaseURL, "database-url", "",
+		"PostgreSQL connection string (default $POSTBOX_DATABASE_URL, else $DATABASE_URL)")
+	f.StringVar(&g.logFormat, "log-format", "text", "log format on stderr: text or json")
+	f.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	return &g
+}
+
+// logger builds the stderr logger, or returns a usage error for bad flags.
+func (c *cli) logger(f *flags, g *common) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, f.usageErr("--log-level %q: want debug, info, warn or error", g.logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch g.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(c.stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(c.stderr, opts)), nil
+	}
+	return nil, f.usageErr("--log-format %q: want text or json", g.logFormat)
+}
+
+// databaseURL resolves the connection string: flag, then environment.
+func (c *cli) databaseURL(f *flags, g *common) (string, error) {
+	switch {
+	case g.databaseURL != "":
+		return g.databaseURL, nil
+	case c.getenv("POSTBOX_DATABASE_URL") != "":
+		return c.getenv("POSTBOX_DATABASE_URL"), nil
+	case c.getenv("DATABASE_URL") != "":
+		return c.getenv("DATABASE_URL"), nil
+	}
+	return "", f.usageErr("no database: pass --database-url or set POSTBOX_DATABASE_URL or DATABASE_URL")
+}
+
+// poolOptions tune the pool a command opens.
+type poolOptions struct {
+	app      string // application_name, unless the URL sets one
+	maxConns int32  // at least this many connections, unless the URL sets pool_max_conns
+}
+
+// open resolves the database URL, opens a pool and checks that the server
+// answers. The connection password is registered with the stderr redactor
+// before anything can print it.
+func (c *cli) open(ctx context.Context, f *flags, g *common, opts poolOptions) (*pgxpool.Pool, error) {
+	dsn, err := c.databaseURL(f, g)
+	if err != nil {
+		return nil, err
+	}
+	c.stderr.addURL(dsn)
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		// pgconn's parse errors already hide the password; the redactor
+		// catches what it can recognise besides.
+		return nil, fmt.Errorf("database url: %w", err)
+	}
+	c.stderr.add(cfg.ConnConfig.Password)
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok && opts.app != "" {
+		cfg.ConnConfig.RuntimeParams["application_name"] = opts.app
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = 10 * time.Second
+	}
+	if !strings.Contains(dsn, "pool_max_conns") && cfg.MaxConns < opts.maxConns {
+		cfg.MaxConns = opts.maxConns
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, cfg.ConnConfig.ConnectTimeout+time.Second)
+	defer cancel()
+	if err := pool.Ping(pingCtx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connect to database: %w", err)
+	}
+	return pool, nil
+}
+
+// redactor writes to w with every registered secret replaced by "xxxxx".
+// Each Write is redacted whole; slog and fmt write a record or a message per
+// call, so a secret is never split across writes.
+type redactor struct {
+	mu      sync.Mutex
+	w       io.Writer
+	secrets []string
+}
+
+func newRedactor(w io.Writer) *redactor { return &redactor{w: w} }
+
+// add registers a secret, also in its URL-escaped forms.
+func (r *redactor) add(secret string) {
+	if secret == "" {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range []string{secret, url.QueryEscape(secret), url.PathEscape(secret)} {
+		found := false
+		for _, have := range r.secrets {
+			found = found || have == s
+		}
+		if !found {
+			r.secrets = append(r.secrets, s)
+		}
+	}
+}
+
+// addURL registers the password of a postgres:// URL or of a keyword/value
+// connection string, even one pgx would reject: decoded, and as written.
+func (r *redactor) addURL(dsn string) {
+	if u, err := url.Parse(dsn); err == nil && u.User != nil {
+		if p, ok := u.User.Password(); ok {
+			r.add(p)
+		}
+	}
+	if i := strings.Index(dsn, "://"); i >= 0 {
+		// As written: between "user:" and the last '@' of the authority.
+		rest := dsn[i+3:]
+		if end := strings.IndexAny(rest, "/?"); end >= 0 && strings.LastIndexByte(rest[:end], '@') >= 0 {
+			rest = rest[:end]
+		}
+		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+			if colon := strings.IndexByte(rest[:at], ':'); colon >= 0 {
+				r.add(rest[colon+1 : at])
+			}
+		}
+	}
+	for _, field := range strings.Fields(dsn) {
+		if v, ok := strings.CutPrefix(field, "password="); ok {
+			r.add(strings.Trim(v, `'`))
+		}
+	}
+}
+
+func (r *redactor) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.secrets) == 0 {
+		return r.w.Write(p)
+	}
+	s := string(p)
+	for _, secret := range r.secrets {
+		s = strings.ReplaceAll(s, secret, "xxxxx")
+	}
+	if _, err := io.WriteString(r.w, s); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// idList is a repeatable --id flag; each value may also hold several IDs
+// separated by commas.
+type idList []uuid.UUID
+
+func (l *idList) String() string {
+	s := make([]string, len(*l))
+	for i, id := range *l {
+		s[i] = id.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *idList) Set(v string) error {
+	for part := range strings.SplitSeq(v, ",") {
+		id, err := uuid.Parse(strings.TrimSpace(part))
+		if err != nil {
+			return fmt.Errorf("%q is not a message ID (UUID)", part)
+		}
+		*l = append(*l, id)
+	}
+	return nil
+}
+
+// parseTime reads a --since/--until value: a duration before now ("24h",
+// "90m") or a time (RFC 3339, or a date 2006-01-02 in UTC).
+func parseTime(v string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(v); err == nil {
+		if d < 0 {
+			return time.Time{}, fmt.Errorf("%q: a duration before now must not be negative", v)
+		}
+		return now.Add(-d), nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		return t, nil
+	}
+	if t, err := time.Parse(time.DateOnly, v); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("%q: want a duration before now (24h) or a time (RFC 3339)", v)
+}
