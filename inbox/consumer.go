@@ -185,9 +185,13 @@ func (c *Consumer) work(ctx context.Context, wake *notify.Listener, log *slog.Lo
 		case err != nil:
 			log.Error("batch failed", "err", err, "retry_in", wait)
 			wait = min(max(2*wait, c.cfg.PollInterval), 5*time.Second)
-		case n >= c.cfg.BatchSize:
+		case n > 0:
+			// More may be ready, even after a short batch: a batch holds
+			// at most one delivery per key, and handling it made the
+			// key's next one claimable. Only an empty claim means nothing
+			// is ready.
 			wait = c.cfg.PollInterval
-			continue // more may be ready: no pause
+			continue
 		default:
 			wait = c.cfg.PollInterval
 		}
