@@ -189,3 +189,15 @@ func correlate(msg, cause *postbox.Message) {
 	}
 	msg.Headers = h
 }
+
+// Notify wakes relays that LISTEN (relay.Config.Listen) as soon as db's
+// transaction commits, instead of at their next poll. It is opt-in: a
+// NOTIFY takes a database-wide lock at commit, which serializes all
+// notifying commits, so call it only where latency matters more than
+// producer throughput. Polling alone never loses a message.
+func Notify(ctx context.Context, dbtx postbox.DBTX) error {
+	if err := db.New(dbtx).NotifyRelay(ctx); err != nil {
+		return fmt.Errorf("outbox: notify: %w", err)
+	}
+	return nil
+}

@@ -56,6 +56,16 @@ func (q *Queries) InsertOutbox(ctx context.Context, arg InsertOutboxParams) erro
 	return err
 }
 
+const notifyRelay = `-- name: NotifyRelay :exec
+SELECT pg_notify('postbox_outbox', '')
+`
+
+// Wakes LISTENing relays (relay.Config.Listen) when the transaction commits.
+func (q *Queries) NotifyRelay(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, notifyRelay)
+	return err
+}
+
 const outboxBacklog = `-- name: OutboxBacklog :one
 SELECT count(*)::bigint AS waiting,
        coalesce(extract(epoch FROM now() - min(created_at)), 0)::double precision AS oldest_seconds

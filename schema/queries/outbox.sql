@@ -11,3 +11,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9);
 SELECT count(*)::bigint AS waiting,
        coalesce(extract(epoch FROM now() - min(created_at)), 0)::double precision AS oldest_seconds
 FROM postbox.outbox;
+
+-- name: NotifyRelay :exec
+-- Wakes LISTENing relays (relay.Config.Listen) when the transaction commits.
+SELECT pg_notify('postbox_outbox', '');
