@@ -27,24 +27,125 @@ func setup(t *testing.T, n, keys int, opts dispatcher.Options) *pgxpool.Pool {
 	if err := dispatcher.DeclareQueue(ctx, pool, "work", opts); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pool.Exec(ctx, `CREATE TABLE effects (message_id uuid, key text, n int, at timestamptz DEFAULT clock_timestamp())`); err != nil {
+	// effects holds what handlers write through their transaction; calls
+	// logs every handler call through the pool, outside that transaction,
+	// so it keeps the calls whose effects were rolled back.
+	if _, err := pool.Exec(ctx, `CREATE TABLE effects (message_id uuid, key text, n int, at timestamptz DEFAULT clock_timestamp());
+		CREATE TABLE calls (id bigint GENERATED ALWAYS AS IDENTITY, message_id uuid, n int, attempt int,
+		                    at timestamptz DEFAULT clock_timestamp(), note text)`); err != nil {
 		t.Fatal(err)
 	}
-	msgs := make([]*postbox.Message, n)
-	for i := range msgs {
-		msgs[i] = &postbox.Message{Topic: "work", Key: fmt.Sprintf("k%d", i%keys), Payload: []byte(fmt.Sprintf(`{"n":%d}`, i))}
-		if err := outbox.Send(ctx, pool, msgs[i]); err != nil {
+	// One transaction: outbox order is still send order, with one commit.
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	for i := range n {
+		msg := &postbox.Message{Topic: "work", Key: fmt.Sprintf("k%d", i%keys), Payload: []byte(fmt.Sprintf(`{"n":%d}`, i))}
+		if err := outbox.Send(ctx, tx, msg); err != nil {
 			t.Fatal(err)
 		}
 	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	drain(t, pool)
+	return pool
+}
+
+// drain relays everything in the outbox.
+func drain(t *testing.T, pool *pgxpool.Pool) relay.Result {
+	t.Helper()
 	r, err := relay.New(pool, relay.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Drain(ctx); err != nil {
+	res, err := r.Drain(context.Background())
+	if err != nil {
 		t.Fatal(err)
 	}
-	return pool
+	return res
+}
+
+// exec runs sql on pool and fails the test on error.
+func exec(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) {
+	t.Helper()
+	if _, err := pool.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// mustCount is count that fails the test on error.
+func mustCount(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) int {
+	t.Helper()
+	n, err := count(context.Background(), pool, sql, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// logCall records a handler call in table calls through the pool, so the
+// record survives the rollback of the handler's transaction.
+func logCall(ctx context.Context, pool *pgxpool.Pool, d *inbox.Delivery, note string) error {
+	v, err := postbox.Decode[struct{ N int }](d.Payload)
+	if err != nil {
+		v.N = -1
+	}
+	_, err = pool.Exec(ctx, `INSERT INTO calls (message_id, n, attempt, note) VALUES ($1, $2, $3, $4)`, d.ID, v.N, d.Attempt, note)
+	return err
+}
+
+func newConsumer(t *testing.T, pool *pgxpool.Pool, cfg inbox.Config) *inbox.Consumer {
+	t.Helper()
+	c, err := inbox.NewConsumer(pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// run runs c until the test ends. stop cancels Run and returns what it
+// returned; exited reports whether Run has returned without being stopped.
+func run(t *testing.T, c *inbox.Consumer) (stop func() error, exited func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	var runErr error
+	go func() {
+		defer close(done)
+		runErr = c.Run(ctx)
+	}()
+	stop = func() error {
+		cancel()
+		<-done
+		return runErr
+	}
+	exited = func() bool {
+		select {
+		case <-done:
+			return ctx.Err() == nil
+		default:
+			return false
+		}
+	}
+	t.Cleanup(func() { stop() })
+	return stop, exited
+}
+
+// runUntilEmpty calls RunOnce until the subscriber has no pending delivery
+// left that is available now.
+func runUntilEmpty(t *testing.T, pool *pgxpool.Pool, c *inbox.Consumer, subscriber string) {
+	t.Helper()
+	ctx := context.Background()
+	waitFor(t, "no pending deliveries", func() (bool, error) {
+		if _, err := c.RunOnce(ctx); err != nil {
+			return false, err
+		}
+		n, err := count(ctx, pool, `SELECT count(*) FROM postbox.inbox WHERE subscriber = $1 AND status = 'pending'`, subscriber)
+		return n == 0, err
+	})
 }
 
 var recordEffect = inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
@@ -150,5 +251,24 @@ func TestFailingMessageIsRetriedThenDeadLettered(t *testing.T) {
 	}
 	if s := c.Stats(); s.Failed != 2 || s.Dead != 1 {
 		t.Fatalf("stats = %+v, want 2 failed and 1 dead", s)
+	}
+}
+
+// Handling a key's delivery makes its next one claimable at once: the
+// worker claims again without waiting for PollInterval (an hour here), so a
+// busy key is not limited to one message per poll.
+func TestNextMessageOfAKeyIsClaimedWithoutWaitingForThePoll(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const n = 20
+	pool := setup(t, n, 1, dispatcher.Options{})
+	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: recordEffect, Concurrency: 1, PollInterval: time.Hour, NoListen: true})
+	run(t, c)
+	waitFor(t, "all messages of the key handled", func() (bool, error) {
+		n, err := count(ctx, pool, `SELECT count(*) FROM postbox.inbox`)
+		return n == 0, err
+	})
+	if s := c.Stats(); s.Handled != n || s.Batches != n {
+		t.Fatalf("stats = %+v, want %d handled in %d batches (one key: one delivery per batch)", s, n, n)
 	}
 }
