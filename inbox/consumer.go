@@ -123,6 +123,10 @@ type Consumer struct {
 	policyMu sync.Mutex
 	policy   *retryPolicy
 
+	// cursor is the key the last key walk stopped after.
+	cursorMu sync.Mutex
+	cursor   string
+
 	batches, handled, failed, dead, duplicates, errs atomic.Int64
 }
 
@@ -245,10 +249,22 @@ func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 	}
 	defer tx.Rollback(bctx)
 	q := c.q.WithTx(tx)
-	rows, err := q.ClaimBatch(bctx, db.ClaimBatchParams{Subscriber: c.cfg.Subscriber, BatchSize: int32(c.cfg.BatchSize)})
+	rows, err := q.ClaimBatch(bctx, db.ClaimBatchParams{
+		Subscriber: c.cfg.Subscriber,
+		ScanLimit:  int32(scanFactor * c.cfg.BatchSize),
+		BatchSize:  int32(c.cfg.BatchSize),
+	})
 	if err != nil {
 		c.errs.Add(1)
 		return 0, fmt.Errorf("inbox: claim: %w", err)
+	}
+	if len(rows) < c.cfg.BatchSize {
+		more, err := c.claimKeyHeads(bctx, q, rows)
+		if err != nil {
+			c.errs.Add(1)
+			return 0, fmt.Errorf("inbox: claim key heads: %w", err)
+		}
+		rows = append(rows, more...)
 	}
 	if len(rows) == 0 {
 		return 0, tx.Commit(bctx)
@@ -352,6 +368,62 @@ func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 		}
 	}
 	return len(rows), nil
+}
+
+// scanFactor bounds both ways of claiming: the fast path looks at
+// scanFactor × BatchSize of the oldest available deliveries, and a key walk
+// visits as many keys.
+const scanFactor = 4
+
+// claimKeyHeads fills a short batch with the heads of keys the fast path did
+// not reach: when a few hot keys hold most of the backlog, the oldest
+// deliveries mostly wait behind their key's head, and scanning them one by
+// one would cost the whole backlog. The walk visits each key once, in key
+// order, starting where the previous walk stopped and wrapping at the end,
+// so every key gets its turn.
+func (c *Consumer) claimKeyHeads(ctx context.Context, q *db.Queries, have []db.ClaimBatchRow) ([]db.ClaimBatchRow, error) {
+	visit := scanFactor * c.cfg.BatchSize
+	c.cursorMu.Lock()
+	after := c.cursor
+	c.cursorMu.Unlock()
+	heads, err := q.WalkKeyHeads(ctx, db.WalkKeyHeadsParams{Subscriber: c.cfg.Subscriber, AfterKey: after, VisitLimit: int32(visit)})
+	if err != nil {
+		return nil, err
+	}
+	next := "" // reached the last key: start over next time
+	if len(heads) == visit {
+		next = heads[len(heads)-1].Key
+	}
+	c.cursorMu.Lock()
+	c.cursor = next
+	c.cursorMu.Unlock()
+
+	held := make(map[uuid.UUID]bool, len(have))
+	for _, r := range have {
+		held[r.MessageID] = true
+	}
+	var ids []uuid.UUID
+	for _, h := range heads {
+		if h.Available && !held[h.MessageID] {
+			ids = append(ids, h.MessageID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	more, err := q.ClaimByIDs(ctx, db.ClaimByIDsParams{
+		Subscriber: c.cfg.Subscriber,
+		MessageIds: ids,
+		BatchSize:  int32(c.cfg.BatchSize - len(have)),
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]db.ClaimBatchRow, len(more))
+	for i, r := range more {
+		out[i] = db.ClaimBatchRow(r)
+	}
+	return out, nil
 }
 
 // call runs the handler with its timeout, the message as the cause of what

@@ -17,23 +17,28 @@ SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
        i.payload, i.headers, i.created_at, i.available_at,
        EXISTS (SELECT 1 FROM postbox.processed p
                WHERE p.subscriber = i.subscriber AND p.message_id = i.message_id) AS already_processed
-FROM postbox.inbox i
-WHERE i.subscriber = $1
-  AND i.status = 'pending'
-  AND i.available_at <= now()
-  AND (i.key IS NULL OR NOT EXISTS (
+FROM (SELECT c.message_id, c.key, c.seq
+      FROM postbox.inbox c
+      WHERE c.subscriber = $1
+        AND c.status = 'pending'
+        AND c.available_at <= now()
+      ORDER BY c.available_at, c.seq
+      LIMIT $2::integer) cand
+JOIN postbox.inbox i ON i.subscriber = $1 AND i.message_id = cand.message_id
+WHERE i.status = 'pending'
+  AND (cand.key IS NULL OR NOT EXISTS (
         SELECT 1 FROM postbox.inbox e
-        WHERE e.subscriber = i.subscriber
+        WHERE e.subscriber = $1
           AND e.status = 'pending'
-          AND e.key = i.key
-          AND e.seq < i.seq))
-ORDER BY i.available_at, i.seq
-LIMIT $2::integer
+          AND e.key = cand.key
+          AND e.seq < cand.seq))
+LIMIT $3::integer
 FOR UPDATE OF i SKIP LOCKED
 `
 
 type ClaimBatchParams struct {
 	Subscriber string
+	ScanLimit  int32
 	BatchSize  int32
 }
 
@@ -52,14 +57,20 @@ type ClaimBatchRow struct {
 	AlreadyProcessed bool
 }
 
-// Locks up to batch_size deliveries of one subscriber that may be handled
-// now. A keyed delivery is claimable only when no earlier pending delivery of
-// its key exists (per-key order); rows locked by other consumers are
-// skipped. Claiming writes nothing: attempts are counted only on failure,
-// and a handled row is deleted. already_processed flags a message ID handled
-// within the dedup window (a duplicate that raced the relay's check).
+// The fast path of a claim: looks at the scan_limit oldest available pending
+// deliveries of one subscriber, in age order, and locks up to batch_size of
+// them that may be handled now. A keyed delivery qualifies only when no
+// earlier pending delivery of its key exists (per-key order); rows locked by
+// other consumers are skipped. The scan limit bounds the cost when many of
+// the oldest rows wait behind their key's head (a few hot keys): then the
+// consumer fills the batch with WalkKeyHeads and ClaimByIDs.
+// Claiming writes nothing: attempts are counted only on failure, and a
+// handled row is deleted. already_processed flags a message ID handled within
+// the dedup window (a duplicate that raced the relay's check).
+// No ORDER BY: candidates stream in age order through the nested loop, so
+// the scan stops as soon as batch_size rows are locked.
 func (q *Queries) ClaimBatch(ctx context.Context, arg ClaimBatchParams) ([]ClaimBatchRow, error) {
-	rows, err := q.db.Query(ctx, claimBatch, arg.Subscriber, arg.BatchSize)
+	rows, err := q.db.Query(ctx, claimBatch, arg.Subscriber, arg.ScanLimit, arg.BatchSize)
 	if err != nil {
 		return nil, err
 	}
@@ -67,6 +78,77 @@ func (q *Queries) ClaimBatch(ctx context.Context, arg ClaimBatchParams) ([]Claim
 	var items []ClaimBatchRow
 	for rows.Next() {
 		var i ClaimBatchRow
+		if err := rows.Scan(
+			&i.MessageID,
+			&i.Seq,
+			&i.Partition,
+			&i.Attempts,
+			&i.Topic,
+			&i.Type,
+			&i.Key,
+			&i.Payload,
+			&i.Headers,
+			&i.CreatedAt,
+			&i.AvailableAt,
+			&i.AlreadyProcessed,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const claimByIDs = `-- name: ClaimByIDs :many
+SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
+       i.payload, i.headers, i.created_at, i.available_at,
+       EXISTS (SELECT 1 FROM postbox.processed p
+               WHERE p.subscriber = i.subscriber AND p.message_id = i.message_id) AS already_processed
+FROM postbox.inbox i
+WHERE i.subscriber = $1
+  AND i.message_id = ANY ($2::uuid[])
+  AND i.status = 'pending'
+  AND i.available_at <= now()
+ORDER BY i.available_at, i.seq
+LIMIT $3::integer
+FOR UPDATE OF i SKIP LOCKED
+`
+
+type ClaimByIDsParams struct {
+	Subscriber string
+	MessageIds []uuid.UUID
+	BatchSize  int32
+}
+
+type ClaimByIDsRow struct {
+	MessageID        uuid.UUID
+	Seq              *int64
+	Partition        int32
+	Attempts         int32
+	Topic            string
+	Type             string
+	Key              *string
+	Payload          []byte
+	Headers          []byte
+	CreatedAt        time.Time
+	AvailableAt      time.Time
+	AlreadyProcessed bool
+}
+
+// Locks the given deliveries (key heads found by WalkKeyHeads) that are still
+// pending and available, skipping rows other consumers hold.
+func (q *Queries) ClaimByIDs(ctx context.Context, arg ClaimByIDsParams) ([]ClaimByIDsRow, error) {
+	rows, err := q.db.Query(ctx, claimByIDs, arg.Subscriber, arg.MessageIds, arg.BatchSize)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []ClaimByIDsRow
+	for rows.Next() {
+		var i ClaimByIDsRow
 		if err := rows.Scan(
 			&i.MessageID,
 			&i.Seq,
@@ -226,4 +308,64 @@ func (q *Queries) TryJanitorLock(ctx context.Context) (bool, error) {
 	var locked bool
 	err := row.Scan(&locked)
 	return locked, err
+}
+
+const walkKeyHeads = `-- name: WalkKeyHeads :many
+WITH RECURSIVE walk AS (
+    (SELECT e.key, e.seq, e.message_id, e.available_at
+     FROM postbox.inbox e
+     WHERE e.subscriber = $2 AND e.status = 'pending'
+       AND e.key IS NOT NULL AND e.key > $3::text
+     ORDER BY e.key, e.seq
+     LIMIT 1)
+    UNION ALL
+    SELECT n.key, n.seq, n.message_id, n.available_at
+    FROM walk w
+    CROSS JOIN LATERAL (
+        SELECT e.key, e.seq, e.message_id, e.available_at
+        FROM postbox.inbox e
+        WHERE e.subscriber = $2 AND e.status = 'pending'
+          AND e.key IS NOT NULL AND e.key > w.key
+        ORDER BY e.key, e.seq
+        LIMIT 1) n
+)
+SELECT walk.key::text AS key, walk.message_id, walk.available_at <= now() AS available
+FROM walk
+LIMIT $1::integer
+`
+
+type WalkKeyHeadsParams struct {
+	VisitLimit int32
+	Subscriber string
+	AfterKey   string
+}
+
+type WalkKeyHeadsRow struct {
+	Key       string
+	MessageID uuid.UUID
+	Available bool
+}
+
+// The head (earliest pending delivery) of each key after after_key, in key
+// order, at most visit_limit of them: a skip scan of inbox_key_idx, one
+// index probe per key however many deliveries wait behind each head. The
+// consumer walks on from where it stopped, so every key gets its turn.
+func (q *Queries) WalkKeyHeads(ctx context.Context, arg WalkKeyHeadsParams) ([]WalkKeyHeadsRow, error) {
+	rows, err := q.db.Query(ctx, walkKeyHeads, arg.VisitLimit, arg.Subscriber, arg.AfterKey)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []WalkKeyHeadsRow
+	for rows.Next() {
+		var i WalkKeyHeadsRow
+		if err := rows.Scan(&i.Key, &i.MessageID, &i.Available); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

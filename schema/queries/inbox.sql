@@ -1,24 +1,77 @@
 -- name: ClaimBatch :many
--- Locks up to batch_size deliveries of one subscriber that may be handled
--- now. A keyed delivery is claimable only when no earlier pending delivery of
--- its key exists (per-key order); rows locked by other consumers are
--- skipped. Claiming writes nothing: attempts are counted only on failure,
--- and a handled row is deleted. already_processed flags a message ID handled
--- within the dedup window (a duplicate that raced the relay's check).
+-- The fast path of a claim: looks at the scan_limit oldest available pending
+-- deliveries of one subscriber, in age order, and locks up to batch_size of
+-- them that may be handled now. A keyed delivery qualifies only when no
+-- earlier pending delivery of its key exists (per-key order); rows locked by
+-- other consumers are skipped. The scan limit bounds the cost when many of
+-- the oldest rows wait behind their key's head (a few hot keys): then the
+-- consumer fills the batch with WalkKeyHeads and ClaimByIDs.
+-- Claiming writes nothing: attempts are counted only on failure, and a
+-- handled row is deleted. already_processed flags a message ID handled within
+-- the dedup window (a duplicate that raced the relay's check).
+SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
+       i.payload, i.headers, i.created_at, i.available_at,
+       EXISTS (SELECT 1 FROM postbox.processed p
+               WHERE p.subscriber = i.subscriber AND p.message_id = i.message_id) AS already_processed
+FROM (SELECT c.message_id, c.key, c.seq
+      FROM postbox.inbox c
+      WHERE c.subscriber = @subscriber
+        AND c.status = 'pending'
+        AND c.available_at <= now()
+      ORDER BY c.available_at, c.seq
+      LIMIT @scan_limit::integer) cand
+JOIN postbox.inbox i ON i.subscriber = @subscriber AND i.message_id = cand.message_id
+WHERE i.status = 'pending'
+  AND (cand.key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM postbox.inbox e
+        WHERE e.subscriber = @subscriber
+          AND e.status = 'pending'
+          AND e.key = cand.key
+          AND e.seq < cand.seq))
+-- No ORDER BY: candidates stream in age order through the nested loop, so
+-- the scan stops as soon as batch_size rows are locked.
+LIMIT @batch_size::integer
+FOR UPDATE OF i SKIP LOCKED;
+
+-- name: WalkKeyHeads :many
+-- The head (earliest pending delivery) of each key after after_key, in key
+-- order, at most visit_limit of them: a skip scan of inbox_key_idx, one
+-- index probe per key however many deliveries wait behind each head. The
+-- consumer walks on from where it stopped, so every key gets its turn.
+WITH RECURSIVE walk AS (
+    (SELECT e.key, e.seq, e.message_id, e.available_at
+     FROM postbox.inbox e
+     WHERE e.subscriber = @subscriber AND e.status = 'pending'
+       AND e.key IS NOT NULL AND e.key > @after_key::text
+     ORDER BY e.key, e.seq
+     LIMIT 1)
+    UNION ALL
+    SELECT n.key, n.seq, n.message_id, n.available_at
+    FROM walk w
+    CROSS JOIN LATERAL (
+        SELECT e.key, e.seq, e.message_id, e.available_at
+        FROM postbox.inbox e
+        WHERE e.subscriber = @subscriber AND e.status = 'pending'
+          AND e.key IS NOT NULL AND e.key > w.key
+        ORDER BY e.key, e.seq
+        LIMIT 1) n
+)
+SELECT walk.key::text AS key, walk.message_id, walk.available_at <= now() AS available
+FROM walk
+LIMIT @visit_limit::integer;
+
+-- name: ClaimByIDs :many
+-- Locks the given deliveries (key heads found by WalkKeyHeads) that are still
+-- pending and available, skipping rows other consumers hold.
 SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
        i.payload, i.headers, i.created_at, i.available_at,
        EXISTS (SELECT 1 FROM postbox.processed p
                WHERE p.subscriber = i.subscriber AND p.message_id = i.message_id) AS already_processed
 FROM postbox.inbox i
 WHERE i.subscriber = @subscriber
+  AND i.message_id = ANY (@message_ids::uuid[])
   AND i.status = 'pending'
   AND i.available_at <= now()
-  AND (i.key IS NULL OR NOT EXISTS (
-        SELECT 1 FROM postbox.inbox e
-        WHERE e.subscriber = i.subscriber
-          AND e.status = 'pending'
-          AND e.key = i.key
-          AND e.seq < i.seq))
 ORDER BY i.available_at, i.seq
 LIMIT @batch_size::integer
 FOR UPDATE OF i SKIP LOCKED;
