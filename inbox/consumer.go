@@ -30,7 +30,8 @@ import (
 // Config configures a Consumer. Zero values mean the defaults.
 type Config struct {
 	// Subscriber is the queue or topic subscriber to consume. It must be
-	// declared (package dispatcher); its retry settings apply.
+	// declared (package dispatcher); its retry settings apply, re-read
+	// every minute, so changes reach running consumers.
 	Subscriber string
 	// Handler handles each delivery.
 	Handler Handler
@@ -42,7 +43,10 @@ type Config struct {
 	BatchSize int
 	// Concurrency is how many batches are handled at once, each in its own
 	// transaction on its own connection. Default 4. Give the pool at least
-	// Concurrency+1 connections (one listens for wake-ups).
+	// Concurrency connections. Unless NoListen is set, the consumer also
+	// takes one connection out of the pool to LISTEN: it does not count
+	// against the pool's MaxConns, but it does count against the server's
+	// max_connections.
 	Concurrency int
 	// PollInterval is how long an idle worker waits before looking again
 	// when no wake-up arrives; retries and delayed messages become due
@@ -120,8 +124,9 @@ type Consumer struct {
 	cfg  Config
 	q    *db.Queries
 
-	policyMu sync.Mutex
-	policy   *retryPolicy
+	policyMu     sync.Mutex
+	policy       *retryPolicy
+	policyLoaded time.Time
 
 	// cursor is the key the last key walk stopped after.
 	cursorMu sync.Mutex
@@ -169,6 +174,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if !c.cfg.NoListen {
 		sub := c.cfg.Subscriber
 		wake = notify.Start(ctx, c.pool, relay.InboxChannel, func(p string) bool { return p == sub }, log)
+		defer wake.Wait()
 	}
 	var wg sync.WaitGroup
 	for range c.cfg.Concurrency {
@@ -205,18 +211,27 @@ func (c *Consumer) work(ctx context.Context, wake *notify.Listener, log *slog.Lo
 	}
 }
 
-// loadPolicy reads the subscriber's retry settings once.
+// policyTTL is how long retry settings are used before being read again.
+const policyTTL = time.Minute
+
+// loadPolicy returns the subscriber's retry settings, read at most once per
+// policyTTL. If a re-read fails, the settings already known stay in use.
 func (c *Consumer) loadPolicy(ctx context.Context) (retryPolicy, error) {
 	c.policyMu.Lock()
 	defer c.policyMu.Unlock()
-	if c.policy != nil {
+	if c.policy != nil && time.Since(c.policyLoaded) < policyTTL {
 		return *c.policy, nil
 	}
 	sub, err := dispatcher.GetSubscriber(ctx, c.pool, c.cfg.Subscriber)
 	if err != nil {
+		if c.policy != nil {
+			c.cfg.Logger.Warn("re-read subscriber settings", "subscriber", c.cfg.Subscriber, "err", err)
+			return *c.policy, nil
+		}
 		return retryPolicy{}, fmt.Errorf("inbox: load subscriber: %w", err)
 	}
 	c.policy = &retryPolicy{maxAttempts: sub.Options.MaxAttempts, backoff: sub.Options.Backoff}
+	c.policyLoaded = time.Now()
 	return *c.policy, nil
 }
 

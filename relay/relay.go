@@ -198,6 +198,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	var wake *notify.Listener
 	if r.cfg.Listen {
 		wake = notify.Start(ctx, r.pool, NotifyChannel, nil, log)
+		defer wake.Wait()
 	}
 	wait := r.cfg.PollInterval
 	for {

@@ -22,17 +22,30 @@ type Listener struct {
 	match   func(payload string) bool
 	log     *slog.Logger
 
-	mu sync.Mutex
-	ch chan struct{}
+	mu   sync.Mutex
+	ch   chan struct{}
+	done chan struct{}
 }
 
 // Start listens on channel until ctx ends. Notifications whose payload
 // match rejects are ignored; a nil match accepts all. A nil *Listener is
 // valid and never fires.
 func Start(ctx context.Context, pool *pgxpool.Pool, channel string, match func(string) bool, log *slog.Logger) *Listener {
-	l := &Listener{pool: pool, channel: channel, match: match, log: log, ch: make(chan struct{})}
-	go l.run(ctx)
+	l := &Listener{pool: pool, channel: channel, match: match, log: log,
+		ch: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		l.run(ctx)
+	}()
 	return l
+}
+
+// Wait returns once the listener has stopped (after ctx ended) and closed
+// its connection. A nil *Listener returns at once.
+func (l *Listener) Wait() {
+	if l != nil {
+		<-l.done
+	}
 }
 
 // C returns a channel closed at the next matching notification.
