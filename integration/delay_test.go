@@ -27,8 +27,10 @@ func TestDeliverAtDelaysHandling(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Nanoseconds on purpose: PostgreSQL keeps microseconds.
-	deliverAt := time.Now().Add(2500*time.Millisecond + 123*time.Nanosecond)
+	// Nanoseconds on purpose: PostgreSQL keeps microseconds. Round(0) drops
+	// the monotonic reading, so comparisons below use the wall clock, as
+	// PostgreSQL's now() does.
+	deliverAt := time.Now().Round(0).Add(2500*time.Millisecond + 123*time.Nanosecond)
 	later := &postbox.Message{Topic: "reminders", Key: "cart-1", Payload: []byte(`{"remind":true}`), DeliverAt: deliverAt}
 	now := &postbox.Message{Topic: "reminders", Key: "cart-2", Payload: []byte(`{"remind":false}`)}
 	for _, m := range []*postbox.Message{later, now} {
@@ -108,7 +110,7 @@ func TestConsumerWaitsForDeliverAt(t *testing.T) {
 	if err := dispatcher.DeclareQueue(ctx, pool, "reminders", dispatcher.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	deliverAt := time.Now().Add(2 * time.Second)
+	deliverAt := time.Now().Round(0).Add(2 * time.Second) // wall clock, as now()
 	later := &postbox.Message{Topic: "reminders", Key: "cart-1", Payload: []byte(`{}`), DeliverAt: deliverAt}
 	now := &postbox.Message{Topic: "reminders", Key: "cart-2", Payload: []byte(`{}`)}
 	for _, m := range []*postbox.Message{later, now} {

@@ -150,7 +150,8 @@ func freshDatabase(t *testing.T, ctx context.Context) string {
 	admin := newPool(t, base, 1, "")
 	name := fmt.Sprintf("postbox_test_fresh_%d", time.Now().UnixNano())
 	ident := pgx.Identifier{name}.Sanitize()
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+ident); err != nil {
+	// template0 never has sessions, so CREATE DATABASE cannot find it busy.
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+ident+" TEMPLATE template0"); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
