@@ -14,18 +14,14 @@ import (
 
 const countDeadLetters = `-- name: CountDeadLetters :one
 SELECT count(*)::integer AS n
-FROM (
-    SELECT 1
-    FROM postbox.inbox d
-    WHERE d.status = 'dead'
-      AND d.subscriber = $1::text
-      AND ($2::uuid[] IS NULL OR d.message_id = ANY ($2::uuid[]))
-      AND ($3::text IS NULL OR d.last_error LIKE $3::text)
-      AND ($4::text IS NULL OR d.type = $4::text)
-      AND ($5::timestamptz IS NULL OR d.dead_at >= $5::timestamptz)
-      AND ($6::timestamptz IS NULL OR d.dead_at < $6::timestamptz)
-    LIMIT $7::integer
-) selected
+FROM postbox.select_dead_letters(
+    $1::text,
+    $2::uuid[],
+    $3::text,
+    $4::text,
+    $5::timestamptz,
+    $6::timestamptz,
+    $7::integer)
 `
 
 type CountDeadLettersParams struct {
@@ -106,16 +102,14 @@ func (q *Queries) GetDeadLetter(ctx context.Context, arg GetDeadLetterParams) (G
 const listDeadLetters = `-- name: ListDeadLetters :many
 SELECT d.subscriber, d.message_id, d.topic, d.type, d.key, d.attempts, d.replay_count,
        d.last_error, d.created_at, d.dead_at, d.headers, d.payload
-FROM postbox.inbox d
-WHERE d.status = 'dead'
-  AND ($1::text IS NULL OR d.subscriber = $1::text)
-  AND ($2::uuid[] IS NULL OR d.message_id = ANY ($2::uuid[]))
-  AND ($3::text IS NULL OR d.last_error LIKE $3::text)
-  AND ($4::text IS NULL OR d.type = $4::text)
-  AND ($5::timestamptz IS NULL OR d.dead_at >= $5::timestamptz)
-  AND ($6::timestamptz IS NULL OR d.dead_at < $6::timestamptz)
-ORDER BY d.dead_at, d.subscriber, d.message_id
-LIMIT $7::integer
+FROM postbox.select_dead_letters(
+    $1::text,
+    $2::uuid[],
+    $3::text,
+    $4::text,
+    $5::timestamptz,
+    $6::timestamptz,
+    $7::integer) d
 `
 
 type ListDeadLettersParams struct {
@@ -144,9 +138,8 @@ type ListDeadLettersRow struct {
 }
 
 // Dead letters matching the filter, oldest dead first; a NULL argument means
-// "any" (subscriber NULL: every subscriber). The predicate is the one of
-// postbox.replay_dead_letters and postbox.purge_dead_letters: keep them in
-// step (the dlq tests compare CountDeadLetters with what they touch).
+// "any" (subscriber NULL: every subscriber). The selection is
+// postbox.select_dead_letters, the same that replay and purge use.
 func (q *Queries) ListDeadLetters(ctx context.Context, arg ListDeadLettersParams) ([]ListDeadLettersRow, error) {
 	rows, err := q.db.Query(ctx, listDeadLetters,
 		arg.Subscriber,

@@ -201,6 +201,36 @@ FROM postbox.subscribers s
 LEFT JOIN postbox.inbox i ON i.subscriber = s.name
 GROUP BY s.name, s.kind;
 
+-- The dead letters a filter selects, oldest dead first: the one definition
+-- that replay_dead_letters, purge_dead_letters and the dlq package's list and
+-- count share. NULL means "any" for every argument; a NULL subscriber
+-- selects every subscriber's (listing only: replay and purge require one).
+-- A plain SQL function, so the planner inlines it and uses the indexes.
+-- +goose StatementBegin
+CREATE FUNCTION postbox.select_dead_letters(
+    subscriber  text,
+    message_ids uuid[]      DEFAULT NULL,
+    error_like  text        DEFAULT NULL,
+    type_name   text        DEFAULT NULL,
+    dead_since  timestamptz DEFAULT NULL,
+    dead_until  timestamptz DEFAULT NULL,
+    max_rows    integer     DEFAULT NULL)
+RETURNS SETOF postbox.inbox
+LANGUAGE sql STABLE AS $$
+    SELECT d.*
+    FROM postbox.inbox d
+    WHERE d.status = 'dead'
+      AND (select_dead_letters.subscriber IS NULL OR d.subscriber = select_dead_letters.subscriber)
+      AND (select_dead_letters.message_ids IS NULL OR d.message_id = ANY (select_dead_letters.message_ids))
+      AND (select_dead_letters.error_like IS NULL OR d.last_error LIKE select_dead_letters.error_like)
+      AND (select_dead_letters.type_name IS NULL OR d.type = select_dead_letters.type_name)
+      AND (select_dead_letters.dead_since IS NULL OR d.dead_at >= select_dead_letters.dead_since)
+      AND (select_dead_letters.dead_until IS NULL OR d.dead_at < select_dead_letters.dead_until)
+    ORDER BY d.dead_at, d.subscriber, d.message_id
+    LIMIT select_dead_letters.max_rows
+$$;
+-- +goose StatementEnd
+
 -- Replay dead letters of one subscriber. Every other argument narrows the
 -- selection and NULL means "any": message_ids (one of these IDs), error_like
 -- (last_error LIKE this pattern), type_name (exactly this message type),
@@ -237,18 +267,16 @@ LANGUAGE sql VOLATILE AS $$
                 'x-replayed-at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
                 'x-replay-count', (i.replay_count + 1)::text)
         FROM (
+            -- Locked here, and the status checked again once locked: a letter
+            -- a concurrent replay took first is pending by then, and skipped.
             SELECT d.subscriber, d.message_id, d.attempts, d.last_error
-            FROM postbox.inbox d
-            WHERE d.subscriber = replay_dead_letters.subscriber
-              AND d.status = 'dead'
-              AND (replay_dead_letters.message_ids IS NULL OR d.message_id = ANY (replay_dead_letters.message_ids))
-              AND (replay_dead_letters.error_like IS NULL OR d.last_error LIKE replay_dead_letters.error_like)
-              AND (replay_dead_letters.type_name IS NULL OR d.type = replay_dead_letters.type_name)
-              AND (replay_dead_letters.dead_since IS NULL OR d.dead_at >= replay_dead_letters.dead_since)
-              AND (replay_dead_letters.dead_until IS NULL OR d.dead_at < replay_dead_letters.dead_until)
-            ORDER BY d.dead_at, d.message_id
-            LIMIT replay_dead_letters.max_rows
-            FOR UPDATE
+            FROM postbox.select_dead_letters(replay_dead_letters.subscriber,
+                     replay_dead_letters.message_ids, replay_dead_letters.error_like,
+                     replay_dead_letters.type_name, replay_dead_letters.dead_since,
+                     replay_dead_letters.dead_until, replay_dead_letters.max_rows) sel
+            JOIN postbox.inbox d ON d.subscriber = sel.subscriber AND d.message_id = sel.message_id
+            WHERE d.status = 'dead'
+            FOR UPDATE OF d
         ) old
         WHERE i.subscriber = old.subscriber AND i.message_id = old.message_id
         RETURNING i.subscriber, i.message_id, old.attempts, old.last_error
@@ -279,17 +307,13 @@ LANGUAGE sql VOLATILE AS $$
         DELETE FROM postbox.inbox i
         USING (
             SELECT d.subscriber, d.message_id
-            FROM postbox.inbox d
-            WHERE d.subscriber = purge_dead_letters.subscriber
-              AND d.status = 'dead'
-              AND (purge_dead_letters.message_ids IS NULL OR d.message_id = ANY (purge_dead_letters.message_ids))
-              AND (purge_dead_letters.error_like IS NULL OR d.last_error LIKE purge_dead_letters.error_like)
-              AND (purge_dead_letters.type_name IS NULL OR d.type = purge_dead_letters.type_name)
-              AND (purge_dead_letters.dead_since IS NULL OR d.dead_at >= purge_dead_letters.dead_since)
-              AND (purge_dead_letters.dead_until IS NULL OR d.dead_at < purge_dead_letters.dead_until)
-            ORDER BY d.dead_at, d.message_id
-            LIMIT purge_dead_letters.max_rows
-            FOR UPDATE
+            FROM postbox.select_dead_letters(purge_dead_letters.subscriber,
+                     purge_dead_letters.message_ids, purge_dead_letters.error_like,
+                     purge_dead_letters.type_name, purge_dead_letters.dead_since,
+                     purge_dead_letters.dead_until, purge_dead_letters.max_rows) sel
+            JOIN postbox.inbox d ON d.subscriber = sel.subscriber AND d.message_id = sel.message_id
+            WHERE d.status = 'dead'
+            FOR UPDATE OF d
         ) old
         WHERE i.subscriber = old.subscriber AND i.message_id = old.message_id
         RETURNING 1
@@ -301,6 +325,7 @@ $$;
 -- +goose Down
 DROP FUNCTION postbox.purge_dead_letters(text, uuid[], text, text, timestamptz, timestamptz, integer);
 DROP FUNCTION postbox.replay_dead_letters(text, uuid[], text, text, timestamptz, timestamptz, integer);
+DROP FUNCTION postbox.select_dead_letters(text, uuid[], text, text, timestamptz, timestamptz, integer);
 DROP VIEW postbox.queue_depths;
 DROP VIEW postbox.dead_letters;
 DROP FUNCTION postbox.payload_matches(bytea, jsonpath);
