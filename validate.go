@@ -7,9 +7,14 @@ import (
 )
 
 // NamePattern is what topic, queue and subscriber names must match: lower
-// case letters, digits, '.', '_' and '-', starting with a letter or digit, at
-// most 200 characters. Dots separate the segments that topic patterns match.
-const NamePattern = `^[a-z0-9][a-z0-9._-]{0,199}$`
+// case letters, digits, '_' and '-', in segments separated by single dots,
+// starting with a letter or digit; at most MaxNameLength characters. Topic
+// patterns match segment by segment, so an empty segment ("a..b", "order.")
+// would name a topic no pattern could match.
+const NamePattern = `^[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*$`
+
+// MaxNameLength bounds topic, queue and subscriber names.
+const MaxNameLength = 200
 
 var nameRE = regexp.MustCompile(NamePattern)
 
@@ -57,6 +62,9 @@ func (l Limits) withDefaults() Limits {
 // ValidateName checks a topic, queue or subscriber name against NamePattern.
 // field names the input in the error ("topic", "queue", "subscriber").
 func ValidateName(field, name string) error {
+	if len(name) > MaxNameLength {
+		return invalid(field, "%d characters, more than %d", len(name), MaxNameLength)
+	}
 	if !nameRE.MatchString(name) {
 		return invalid(field, "%q does not match %s", name, NamePattern)
 	}

@@ -19,7 +19,9 @@ import (
 // Envelopes come in outbox order, and the relay's partition locks keep two
 // relays from delivering messages of one key at once, so a sink that
 // preserves the order of what it is given per partition preserves per-key
-// order. Messages whose DeliverAt is still ahead are held back until due.
+// order. Messages whose DeliverAt is still ahead are held back until due;
+// unlike on the inbox path, they do not hold back later messages of their
+// key meanwhile (the outbox has no index by key to check that cheaply).
 type Sink interface {
 	Deliver(ctx context.Context, batch []Envelope) error
 }

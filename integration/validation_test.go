@@ -49,6 +49,11 @@ func TestInvalidInputIsRejectedBeforeAnythingIsWritten(t *testing.T) {
 		{"topic with a space", publish(msg(func(m *postbox.Message) { m.Topic = "order created" }))},
 		{"topic with a wildcard", publish(msg(func(m *postbox.Message) { m.Topic = "order.*" }))},
 		{"topic too long", publish(msg(func(m *postbox.Message) { m.Topic = strings.Repeat("a", 201) }))},
+		{"topic with an empty segment", publish(msg(func(m *postbox.Message) { m.Topic = "order..created" }))},
+		{"topic ending in a dot", publish(msg(func(m *postbox.Message) { m.Topic = "order." }))},
+		{"queue name with an empty segment", func() error {
+			return outbox.Send(ctx, pool, msg(func(m *postbox.Message) { m.Topic = "billing..eu" }))
+		}},
 		{"queue name with a slash", func() error {
 			return outbox.Send(ctx, pool, msg(func(m *postbox.Message) { m.Topic = "billing/eu" }))
 		}},

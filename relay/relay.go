@@ -134,7 +134,9 @@ func (r *Relay) RunOnce(ctx context.Context) (Result, error) {
 	}
 	row, err := r.relayBatch(ctx)
 	if err != nil {
-		r.errs.Add(1)
+		if ctx.Err() == nil { // a batch cut short by shutdown is no error
+			r.errs.Add(1)
+		}
 		return Result{}, fmt.Errorf("relay: batch: %w", err)
 	}
 	res := Result{Claimed: int(row.Claimed), Delivered: int(row.Delivered), NoRoute: int(row.NoRoute), Unrouted: int(row.Unrouted)}
