@@ -24,6 +24,7 @@ func latencyFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 	publishers := fs.Int("publishers", 16, "connections that publish; the schedule never waits for them (open loop)")
 	keys := fs.Int("keys", 0, "distinct message keys (0: messages have no key)")
 	timeout := fs.Duration("timeout", time.Minute, "how long to wait, after publishing, for the last handler to start")
+	breakdown := fs.Bool("breakdown", false, "also split the latency at the relay (one more query per message, in the handler): commit to relay transaction start, and from there to handler start; printed on stderr")
 	return func(ctx context.Context, e *env) (result, error) {
 		if *rate < 1 || *duration <= 0 || *publishers < 1 {
 			return result{}, errors.New("--rate, --duration and --publishers must be positive")
@@ -52,6 +53,10 @@ func latencyFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 		// its payload: memory is bounded by rate × duration.
 		commitAt := make([]atomic.Int64, warm+total)
 		startAt := make([]atomic.Int64, warm+total)
+		var relayedAt []atomic.Int64
+		if *breakdown {
+			relayedAt = make([]atomic.Int64, warm+total)
+		}
 		handler := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
 			now := time.Now().UnixNano()
 			seq, err := seqOf(d.Payload)
@@ -59,6 +64,13 @@ func latencyFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 				return fmt.Errorf("bench message without a valid seq: %v", err)
 			}
 			startAt[seq].CompareAndSwap(0, now)
+			if relayedAt != nil {
+				var at time.Time
+				if err := tx.QueryRow(ctx, sqlEnqueuedAt, d.Subscriber, d.ID).Scan(&at); err != nil {
+					return err
+				}
+				relayedAt[seq].CompareAndSwap(0, at.UnixNano())
+			}
 			return insertEffect(ctx, tx, d.Subscriber, d.ID.String())
 		})
 		r, err := relay.New(db, relay.Config{})
@@ -152,6 +164,18 @@ func latencyFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 		}
 		if early > 0 {
 			e.logf("%d handlers started before their publisher saw its commit return", early)
+		}
+		if relayedAt != nil {
+			toRelay := make([]time.Duration, 0, total)
+			toHandler := make([]time.Duration, 0, total)
+			for i := warm; i < warm+total; i++ {
+				toRelay = append(toRelay, time.Duration(relayedAt[i].Load()-commitAt[i].Load()))
+				toHandler = append(toHandler, time.Duration(startAt[i].Load()-relayedAt[i].Load()))
+			}
+			p50, p99 := percentiles(toRelay)
+			e.logf("commit to relay transaction start: p50 %.2fms p99 %.2fms", ms(p50), ms(p99))
+			p50, p99 = percentiles(toHandler)
+			e.logf("relay transaction start to handler start: p50 %.2fms p99 %.2fms", ms(p50), ms(p99))
 		}
 		res := result{msgs: total, seconds: elapsed.Seconds(), hasLatency: true}
 		res.p50, res.p99 = percentiles(lats)

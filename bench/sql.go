@@ -63,3 +63,7 @@ FROM generate_series(1, $2::integer) g`
 const sqlCountPending = `SELECT count(*) FROM postbox.inbox WHERE subscriber = $1 AND status = 'pending'`
 
 const sqlCountOutbox = `SELECT count(*) FROM postbox.outbox`
+
+// sqlEnqueuedAt reads when the relay wrote a delivery (the relay
+// transaction's start), for the latency breakdown.
+const sqlEnqueuedAt = `SELECT enqueued_at FROM postbox.inbox WHERE subscriber = $1 AND message_id = $2`

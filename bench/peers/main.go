@@ -293,7 +293,7 @@ func (e *env) every(report func()) (stop func()) {
 
 // newClient returns a River client on pool, configured as River's own
 // benchmark configures it. With no workers it is insert-only.
-func (e *env) newClient(pool *pgxpool.Pool, workers *river.Workers) (*river.Client[pgx.Tx], error) {
+func (e *env) newClient(pool *pgxpool.Pool, workers *river.Workers, maxWorkers int) (*river.Client[pgx.Tx], error) {
 	cfg := &river.Config{
 		Schema: riverSchema,
 		Logger: slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -301,7 +301,7 @@ func (e *env) newClient(pool *pgxpool.Pool, workers *river.Workers) (*river.Clie
 	if workers != nil {
 		cfg.FetchCooldown = 2 * time.Millisecond
 		cfg.FetchPollInterval = 20 * time.Millisecond
-		cfg.Queues = map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 2000}}
+		cfg.Queues = map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: maxWorkers}}
 		cfg.Workers = workers
 	}
 	return river.NewClient(riverpgxv5.New(pool), cfg)
@@ -473,7 +473,7 @@ func produceFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 		if err != nil {
 			return result{}, err
 		}
-		client, err := e.newClient(db, nil)
+		client, err := e.newClient(db, nil, 0)
 		if err != nil {
 			return result{}, err
 		}
@@ -560,7 +560,7 @@ func publishBatchFlags(fs *flag.FlagSet) func(context.Context, *env) (result, er
 		if err != nil {
 			return result{}, err
 		}
-		client, err := e.newClient(db, nil)
+		client, err := e.newClient(db, nil, 0)
 		if err != nil {
 			return result{}, err
 		}
@@ -611,6 +611,8 @@ type effectWorker struct {
 	tx      bool
 	started func(seq int)
 	handled atomic.Int64
+	// maxWorkers is the client's MaxWorkers for the default queue.
+	maxWorkers int
 }
 
 func (w *effectWorker) Work(ctx context.Context, job *river.Job[orderArgs]) error {
@@ -639,6 +641,10 @@ func (w *effectWorker) Work(ctx context.Context, job *river.Job[orderArgs]) erro
 	return nil
 }
 
+func workersFlag(fs *flag.FlagSet) *int {
+	return fs.Int("workers", 2000, "MaxWorkers of the queue (River's own benchmark uses 2,000)")
+}
+
 func completeFlag(fs *flag.FlagSet) *string {
 	return fs.String("complete", "tx", `how a worker finishes: "tx" writes its effect row and completes the job in one transaction (river.JobCompleteTx, the guarantee postbox gives); "async" writes the row on its own and lets River's completer mark the job`)
 }
@@ -647,6 +653,7 @@ func drainFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 	n := fs.Int("n", 100000, "jobs preloaded")
 	maxConns := fs.Int("max-conns", 20, "connections in the client's pool")
 	complete := completeFlag(fs)
+	maxWorkers := workersFlag(fs)
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long")
 	return func(ctx context.Context, e *env) (result, error) {
 		if *n < 1 || *maxConns < 2 {
@@ -663,7 +670,7 @@ func drainFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 			return result{}, err
 		}
 		// Preload, not timed: InsertManyFast (COPY) in batches.
-		inserter, err := e.newClient(db, nil)
+		inserter, err := e.newClient(db, nil, 0)
 		if err != nil {
 			return result{}, err
 		}
@@ -681,7 +688,7 @@ func drainFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 		if _, err := db.Exec(ctx, "VACUUM ANALYZE river.river_job"); err != nil {
 			return result{}, err
 		}
-		w := &effectWorker{pool: db, tx: *complete == "tx"}
+		w := &effectWorker{pool: db, tx: *complete == "tx", maxWorkers: *maxWorkers}
 		elapsed, err := work(ctx, e, db, w, int64(*n), *timeout, nil)
 		if err != nil {
 			return result{}, err
@@ -697,7 +704,7 @@ func work(ctx context.Context, e *env, db *pgxpool.Pool, w *effectWorker, want i
 	during func(ctx context.Context) error) (time.Duration, error) {
 	workers := river.NewWorkers()
 	river.AddWorker(workers, w)
-	client, err := e.newClient(db, workers)
+	client, err := e.newClient(db, workers, w.maxWorkers)
 	if err != nil {
 		return 0, err
 	}
@@ -760,6 +767,7 @@ func latencyFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 	publishers := fs.Int("publishers", 16, "connections that insert; the schedule never waits for them (open loop)")
 	maxConns := fs.Int("max-conns", 20, "connections for the client (workers, fetches, notifications)")
 	complete := completeFlag(fs)
+	maxWorkers := workersFlag(fs)
 	timeout := fs.Duration("timeout", time.Minute, "how long to wait, after inserting, for the last worker to start")
 	return func(ctx context.Context, e *env) (result, error) {
 		if *rate < 1 || *duration <= 0 || *publishers < 1 || *maxConns < 2 {
@@ -781,13 +789,13 @@ func latencyFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 		if err := e.reset(ctx, db); err != nil {
 			return result{}, err
 		}
-		inserter, err := e.newClient(pubDB, nil)
+		inserter, err := e.newClient(pubDB, nil, 0)
 		if err != nil {
 			return result{}, err
 		}
 		commitAt := make([]atomic.Int64, warm+total)
 		startAt := make([]atomic.Int64, warm+total)
-		w := &effectWorker{pool: db, tx: *complete == "tx", started: func(seq int) {
+		w := &effectWorker{pool: db, tx: *complete == "tx", maxWorkers: *maxWorkers, started: func(seq int) {
 			if seq >= 0 && seq < len(startAt) {
 				startAt[seq].CompareAndSwap(0, time.Now().UnixNano())
 			}
