@@ -39,6 +39,9 @@ const sqlReset = `TRUNCATE postbox.outbox, postbox.inbox, postbox.processed, pos
     postbox.subscriptions, postbox.subscribers,
     postbox_bench.orders, postbox_bench.raw_outbox, postbox_bench.effects RESTART IDENTITY`
 
+const sqlAnalyze = `ANALYZE postbox.outbox, postbox.inbox, postbox.processed,
+    postbox_bench.orders, postbox_bench.raw_outbox, postbox_bench.effects`
+
 const sqlInsertOrder = `INSERT INTO postbox_bench.orders (customer, amount_cents) VALUES ($1, $2)`
 
 const sqlInsertRaw = `INSERT INTO postbox_bench.raw_outbox (message_id, key_hash, topic, type, key, payload, headers)
