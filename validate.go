@@ -30,7 +30,7 @@ type Limits struct {
 	MaxHeaders int
 	// MaxHeaderBytes: the total size of header names and values, default 16 KiB.
 	MaxHeaderBytes int
-	// MaxKeyBytes: default 1024.
+	// MaxKeyBytes: default 1024, at most MaxKeyBytesLimit.
 	MaxKeyBytes int
 }
 
@@ -40,7 +40,10 @@ const (
 	DefaultMaxHeaders      = 64
 	DefaultMaxHeaderBytes  = 16 << 10
 	DefaultMaxKeyBytes     = 1024
-	maxTypeBytes           = 200
+	// MaxKeyBytesLimit is the ceiling on MaxKeyBytes: keys are indexed with
+	// the subscriber name, and a btree entry holds at most 2704 bytes.
+	MaxKeyBytesLimit = 2048
+	maxTypeBytes     = 200
 )
 
 func (l Limits) withDefaults() Limits {
@@ -56,6 +59,7 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxKeyBytes <= 0 {
 		l.MaxKeyBytes = DefaultMaxKeyBytes
 	}
+	l.MaxKeyBytes = min(l.MaxKeyBytes, MaxKeyBytesLimit)
 	return l
 }
 

@@ -42,8 +42,9 @@ type Config struct {
 	// values above 64 trade that for fewer commits.
 	BatchSize int
 	// Concurrency is how many batches are handled at once, each in its own
-	// transaction on its own connection. Default 4. Give the pool at least
-	// Concurrency connections. Unless NoListen is set, the consumer also
+	// transaction on its own connection. Default 4. Give the pool more than
+	// Concurrency connections: a handler that uses the pool rather than its
+	// transaction needs one of its own. Unless NoListen is set, the consumer also
 	// takes one connection out of the pool to LISTEN: it does not count
 	// against the pool's MaxConns, but it does count against the server's
 	// max_connections.
@@ -127,6 +128,10 @@ type Consumer struct {
 	policyMu     sync.Mutex
 	policy       *retryPolicy
 	policyLoaded time.Time
+
+	// isolate counts claims still to take one delivery at a time after a
+	// refused commit.
+	isolate atomic.Int64
 
 	// cursor is the key the last key walk stopped after.
 	cursorMu sync.Mutex
@@ -254,32 +259,29 @@ func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	size := c.cfg.BatchSize
+	if c.isolate.Load() > 0 {
+		// A commit was refused: claim one delivery at a time until the
+		// one whose effects the server rejects has been found.
+		c.isolate.Add(-1)
+		size = 1
+	}
 	// The batch itself is not cut short by ctx: it commits or rolls back
 	// whole, and ctx only stops it from starting more handlers.
 	bctx := context.WithoutCancel(ctx)
-	tx, err := c.pool.Begin(bctx)
+	// The claim's reasoning (a locked row re-checked, a deleted one skipped)
+	// is READ COMMITTED's, whatever the server's default.
+	tx, err := c.pool.BeginTx(bctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
 		c.errs.Add(1)
 		return 0, fmt.Errorf("inbox: begin: %w", err)
 	}
 	defer tx.Rollback(bctx)
 	q := c.q.WithTx(tx)
-	rows, err := q.ClaimBatch(bctx, db.ClaimBatchParams{
-		Subscriber: c.cfg.Subscriber,
-		ScanLimit:  int32(scanFactor * c.cfg.BatchSize),
-		BatchSize:  int32(c.cfg.BatchSize),
-	})
+	rows, err := c.claim(bctx, q, size)
 	if err != nil {
 		c.errs.Add(1)
-		return 0, fmt.Errorf("inbox: claim: %w", err)
-	}
-	if len(rows) < c.cfg.BatchSize {
-		more, err := c.claimKeyHeads(bctx, q, rows)
-		if err != nil {
-			c.errs.Add(1)
-			return 0, fmt.Errorf("inbox: claim key heads: %w", err)
-		}
-		rows = append(rows, more...)
+		return 0, err
 	}
 	if len(rows) == 0 {
 		return 0, tx.Commit(bctx)
@@ -293,15 +295,35 @@ func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 		sp    = savepoint{tx: tx}
 	)
 	// lastOK is the index in done of the delivery handled just before, whose
-	// handler may have returned nil yet left the transaction aborted.
+	// handler may have returned nil yet left the transaction aborted or the
+	// connection unusable (a swallowed error, rows left open).
 	lastOK := -1
-	blame := func(err error) {
-		// The previous handler swallowed a database error: its delivery
-		// failed after all.
-		d := done[lastOK]
+	// afterHandler deals with an error from the statement that follows a
+	// handler. If the handler returned nil but left the transaction aborted,
+	// its delivery failed after all, and the batch goes on from its
+	// savepoint. If it left the connection unusable, the batch is lost and
+	// that delivery's failed attempt is recorded on its own, so it cannot
+	// stall every batch it lands in.
+	afterHandler := func(step string, err error) error {
+		if lastOK < 0 {
+			c.errs.Add(1)
+			return fmt.Errorf("inbox: %s: %w", step, err)
+		}
+		culprit := rowByID(rows, done[lastOK])
+		if !isAborted(err) {
+			c.errs.Add(1)
+			_ = tx.Rollback(bctx) // give the connection back before taking another
+			c.recordAlone(c.classify(policy, culprit, fmt.Errorf("handler returned nil but left the connection unusable: %w", err)))
+			return fmt.Errorf("inbox: %s after %s: %w", step, culprit.MessageID, err)
+		}
 		done = slices.Delete(done, lastOK, lastOK+1)
-		fails = append(fails, c.classify(policy, rowByID(rows, d), fmt.Errorf("handler returned nil but left the transaction aborted: %w", err)))
+		fails = append(fails, c.classify(policy, culprit, fmt.Errorf("handler returned nil but left the transaction aborted: %w", err)))
 		lastOK = -1
+		if err := sp.rollback(bctx); err != nil {
+			c.errs.Add(1)
+			return fmt.Errorf("inbox: rollback to savepoint: %w", err)
+		}
+		return nil
 	}
 	for _, r := range rows {
 		if ctx.Err() != nil {
@@ -313,14 +335,8 @@ func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 			continue
 		}
 		if err := sp.next(bctx); err != nil {
-			if lastOK < 0 || !isAborted(err) {
-				c.errs.Add(1)
-				return 0, fmt.Errorf("inbox: savepoint: %w", err)
-			}
-			blame(err)
-			if err := sp.rollback(bctx); err != nil {
-				c.errs.Add(1)
-				return 0, fmt.Errorf("inbox: rollback to savepoint: %w", err)
+			if err := afterHandler("savepoint", err); err != nil {
+				return 0, err
 			}
 		}
 		d := toDelivery(c.cfg.Subscriber, r)
@@ -346,14 +362,8 @@ func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 		fails = append(fails, f)
 	}
 	if err := sp.release(bctx); err != nil {
-		if lastOK < 0 || !isAborted(err) {
-			c.errs.Add(1)
-			return 0, fmt.Errorf("inbox: release savepoint: %w", err)
-		}
-		blame(err)
-		if err := sp.rollback(bctx); err != nil {
-			c.errs.Add(1)
-			return 0, fmt.Errorf("inbox: rollback to savepoint: %w", err)
+		if err := afterHandler("release savepoint", err); err != nil {
+			return 0, err
 		}
 	}
 	if len(done) > 0 {
@@ -370,6 +380,7 @@ func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 	}
 	if err := tx.Commit(bctx); err != nil {
 		c.errs.Add(1)
+		c.commitRefused(policy, rows, done, err)
 		return 0, fmt.Errorf("inbox: commit: %w", err)
 	}
 	c.batches.Add(1)
@@ -385,6 +396,67 @@ func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 	return len(rows), nil
 }
 
+// commitRefused handles a commit the server refused (a deferred constraint
+// a handler's effects violate): some delivery of the batch is to blame, and
+// claiming the same batch again would fail again. With one delivery, its
+// failed attempt is recorded on its own; with more, the next claims take
+// one delivery each until the culprit has shown itself.
+func (c *Consumer) commitRefused(p retryPolicy, rows []db.ClaimBatchRow, done []uuid.UUID, err error) {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return // the connection failed: nobody's fault, try again
+	}
+	if len(rows) == 1 && len(done) == 1 {
+		c.recordAlone(c.classify(p, rows[0], fmt.Errorf("commit refused: %w", err)))
+		return
+	}
+	c.isolate.Store(int64(len(rows)))
+}
+
+// claim locks up to size deliveries that may be handled now: first the
+// fast path (the oldest deliveries, in age order), then, if that falls
+// short, keyless deliveries and the heads of keys the fast path did not
+// reach.
+func (c *Consumer) claim(ctx context.Context, q *db.Queries, size int) ([]db.ClaimBatchRow, error) {
+	rows, err := q.ClaimBatch(ctx, db.ClaimBatchParams{
+		Subscriber: c.cfg.Subscriber,
+		ScanLimit:  int32(scanFactor * size),
+		BatchSize:  int32(size),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("inbox: claim: %w", err)
+	}
+	if len(rows) < size {
+		more, err := q.ClaimKeyless(ctx, db.ClaimKeylessParams{
+			Subscriber: c.cfg.Subscriber,
+			Held:       heldIDs(rows),
+			BatchSize:  int32(size - len(rows)),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("inbox: claim keyless: %w", err)
+		}
+		for _, r := range more {
+			rows = append(rows, db.ClaimBatchRow(r))
+		}
+	}
+	if len(rows) < size {
+		more, err := c.claimKeyHeads(ctx, q, rows, size)
+		if err != nil {
+			return nil, fmt.Errorf("inbox: claim key heads: %w", err)
+		}
+		rows = append(rows, more...)
+	}
+	return rows, nil
+}
+
+func heldIDs(rows []db.ClaimBatchRow) []uuid.UUID {
+	ids := make([]uuid.UUID, len(rows))
+	for i, r := range rows {
+		ids[i] = r.MessageID
+	}
+	return ids
+}
+
 // scanFactor bounds both ways of claiming: the fast path looks at
 // scanFactor × BatchSize of the oldest available deliveries, and a key walk
 // visits as many keys.
@@ -396,8 +468,8 @@ const scanFactor = 4
 // one would cost the whole backlog. The walk visits each key once, in key
 // order, starting where the previous walk stopped and wrapping at the end,
 // so every key gets its turn.
-func (c *Consumer) claimKeyHeads(ctx context.Context, q *db.Queries, have []db.ClaimBatchRow) ([]db.ClaimBatchRow, error) {
-	visit := scanFactor * c.cfg.BatchSize
+func (c *Consumer) claimKeyHeads(ctx context.Context, q *db.Queries, have []db.ClaimBatchRow, size int) ([]db.ClaimBatchRow, error) {
+	visit := scanFactor * size
 	c.cursorMu.Lock()
 	after := c.cursor
 	c.cursorMu.Unlock()
@@ -429,7 +501,7 @@ func (c *Consumer) claimKeyHeads(ctx context.Context, q *db.Queries, have []db.C
 	more, err := q.ClaimByIDs(ctx, db.ClaimByIDsParams{
 		Subscriber: c.cfg.Subscriber,
 		MessageIds: ids,
-		BatchSize:  int32(c.cfg.BatchSize - len(have)),
+		BatchSize:  int32(size - len(have)),
 	})
 	if err != nil {
 		return nil, err

@@ -8,6 +8,9 @@ import (
 	"github.com/postbox-dev/postbox/dispatcher"
 )
 
+// maxSteps bounds the work of computing one wait.
+const maxSteps = 100
+
 // retryPolicy is a subscriber's retry settings.
 type retryPolicy struct {
 	maxAttempts int
@@ -23,8 +26,10 @@ func (p retryPolicy) delay(failedAttempt int) time.Duration {
 		backoff.WithMaxInterval(p.backoff.Max),
 		backoff.WithMaxElapsedTime(0),
 	)
+	// The schedule grows by steps, so the n-th wait takes n steps; past
+	// maxSteps it has long reached Max for any multiplier worth using.
 	var d time.Duration
-	for range max(failedAttempt, 1) {
+	for range min(max(failedAttempt, 1), maxSteps) {
 		d = b.NextBackOff()
 	}
 	return d

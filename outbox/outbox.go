@@ -23,7 +23,12 @@ var defaultOutbox Outbox
 
 // Publish writes msg for topic msg.Topic through db, normally the caller's
 // transaction: the message exists if and only if that transaction commits.
-// An empty msg.ID is filled with a new UUIDv7.
+// An empty msg.ID is filled with a new UUIDv7 and stays in msg.
+//
+// The ID is the message's identity: subscribers handle an ID once. So do
+// not reuse a *Message for another message — after the first Publish it
+// carries that message's ID, and later ones would be dropped as duplicates
+// (counted in relay.Stats.Duplicates).
 func Publish(ctx context.Context, db postbox.DBTX, msg *postbox.Message) error {
 	return defaultOutbox.Publish(ctx, db, msg)
 }
@@ -82,11 +87,19 @@ func (o Outbox) SendBatch(ctx context.Context, dbtx postbox.DBTX, msgs []*postbo
 
 func (o Outbox) copy(ctx context.Context, dbtx postbox.DBTX, msgs []*postbox.Message, queue bool) error {
 	rows := make([]db.CopyOutboxParams, len(msgs))
+	seen := make(map[uuid.UUID]int, len(msgs))
 	for i, msg := range msgs {
 		row, err := o.prepare(ctx, msg, queue)
 		if err != nil {
 			return fmt.Errorf("outbox: message %d of %d: %w", i, len(msgs), err)
 		}
+		// The same ID twice in one batch is one message twice: almost
+		// certainly a reused *Message, and all but one copy would be dropped.
+		if j, dup := seen[row.MessageID]; dup {
+			return fmt.Errorf("outbox: message %d of %d: %w", i, len(msgs), &postbox.ValidationError{
+				Field: "ID", Reason: fmt.Sprintf("%s is also message %d of the batch", row.MessageID, j)})
+		}
+		seen[row.MessageID] = i
 		rows[i] = db.CopyOutboxParams(row)
 	}
 	n, err := db.New(dbtx).CopyOutbox(ctx, rows)

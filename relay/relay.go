@@ -82,9 +82,14 @@ type Stats struct {
 	Batches   int64 // relay statements that moved at least one message
 	Claimed   int64 // outbox rows moved
 	Delivered int64 // inbox rows written
-	NoRoute   int64 // queue sends that became no-route dead letters
-	Unrouted  int64 // topic messages no subscription matched
-	Errors    int64 // failed relay statements
+	// Duplicates are deliveries not written because the subscriber already
+	// had the message ID: pending, dead, or handled within its dedup window.
+	// Publishing two messages with one ID (say, by reusing a Message whose
+	// ID the first Publish filled) shows up here.
+	Duplicates int64
+	NoRoute    int64 // queue sends that became no-route dead letters
+	Unrouted   int64 // topic messages no subscription matched
+	Errors     int64 // failed relay statements
 }
 
 // Relay moves committed outbox rows into the inbox. Run several on one
@@ -94,7 +99,7 @@ type Relay struct {
 	pool *pgxpool.Pool
 	cfg  Config
 
-	batches, claimed, delivered, noRoute, unrouted, errs atomic.Int64
+	batches, claimed, delivered, duplicates, noRoute, unrouted, errs atomic.Int64
 }
 
 // New returns a relay over pool.
@@ -112,18 +117,19 @@ func New(pool *pgxpool.Pool, cfg Config) (*Relay, error) {
 // Stats returns the relay's counters.
 func (r *Relay) Stats() Stats {
 	return Stats{
-		Batches:   r.batches.Load(),
-		Claimed:   r.claimed.Load(),
-		Delivered: r.delivered.Load(),
-		NoRoute:   r.noRoute.Load(),
-		Unrouted:  r.unrouted.Load(),
-		Errors:    r.errs.Load(),
+		Batches:    r.batches.Load(),
+		Claimed:    r.claimed.Load(),
+		Delivered:  r.delivered.Load(),
+		Duplicates: r.duplicates.Load(),
+		NoRoute:    r.noRoute.Load(),
+		Unrouted:   r.unrouted.Load(),
+		Errors:     r.errs.Load(),
 	}
 }
 
 // Result is what one batch did.
 type Result struct {
-	Claimed, Delivered, NoRoute, Unrouted int
+	Claimed, Delivered, Duplicates, NoRoute, Unrouted int
 }
 
 // RunOnce moves one batch and returns what it did. Each batch is one
@@ -139,11 +145,13 @@ func (r *Relay) RunOnce(ctx context.Context) (Result, error) {
 		}
 		return Result{}, fmt.Errorf("relay: batch: %w", err)
 	}
-	res := Result{Claimed: int(row.Claimed), Delivered: int(row.Delivered), NoRoute: int(row.NoRoute), Unrouted: int(row.Unrouted)}
+	res := Result{Claimed: int(row.Claimed), Delivered: int(row.Delivered), Duplicates: int(row.Duplicates),
+		NoRoute: int(row.NoRoute), Unrouted: int(row.Unrouted)}
 	if res.Claimed > 0 {
 		r.batches.Add(1)
 		r.claimed.Add(int64(res.Claimed))
 		r.delivered.Add(int64(res.Delivered))
+		r.duplicates.Add(int64(res.Duplicates))
 		r.noRoute.Add(int64(res.NoRoute))
 		r.unrouted.Add(int64(res.Unrouted))
 	}
@@ -169,6 +177,7 @@ func (r *Relay) Drain(ctx context.Context) (Result, error) {
 		}
 		total.Claimed += res.Claimed
 		total.Delivered += res.Delivered
+		total.Duplicates += res.Duplicates
 		total.NoRoute += res.NoRoute
 		total.Unrouted += res.Unrouted
 		if res.Claimed == 0 {

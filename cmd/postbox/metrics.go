@@ -65,8 +65,8 @@ func newServer(pool *pgxpool.Pool, r *relay.Relay, ready *atomic.Bool, log *slog
 
 // relayCollector reports a relay's counters (relay.Stats) at scrape time.
 type relayCollector struct {
-	r                                                      *relay.Relay
-	messages, deliveries, batches, unrouted, noRoute, errs *prometheus.Desc
+	r                                                                  *relay.Relay
+	messages, deliveries, duplicates, batches, unrouted, noRoute, errs *prometheus.Desc
 }
 
 func newRelayCollector(r *relay.Relay) *relayCollector {
@@ -77,6 +77,7 @@ func newRelayCollector(r *relay.Relay) *relayCollector {
 		r:          r,
 		messages:   d("messages_total", "Outbox messages claimed and moved by this relay."),
 		deliveries: d("deliveries_total", "Inbox rows (one per subscriber and message) written by this relay."),
+		duplicates: d("duplicates_total", "Deliveries dropped because the subscriber already had the message ID."),
 		batches:    d("batches_total", "Relay transactions that moved at least one message."),
 		unrouted:   d("unrouted_total", "Topic messages no subscription matched, dropped."),
 		noRoute:    d("no_route_total", "Queue sends to an undeclared queue, kept as no-route dead letters."),
@@ -85,7 +86,7 @@ func newRelayCollector(r *relay.Relay) *relayCollector {
 }
 
 func (c *relayCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.messages, c.deliveries, c.batches, c.unrouted, c.noRoute, c.errs} {
+	for _, d := range []*prometheus.Desc{c.messages, c.deliveries, c.duplicates, c.batches, c.unrouted, c.noRoute, c.errs} {
 		ch <- d
 	}
 }
@@ -96,7 +97,7 @@ func (c *relayCollector) Collect(ch chan<- prometheus.Metric) {
 		d *prometheus.Desc
 		v int64
 	}{
-		{c.messages, st.Claimed}, {c.deliveries, st.Delivered}, {c.batches, st.Batches},
+		{c.messages, st.Claimed}, {c.deliveries, st.Delivered}, {c.duplicates, st.Duplicates}, {c.batches, st.Batches},
 		{c.unrouted, st.Unrouted}, {c.noRoute, st.NoRoute}, {c.errs, st.Errors},
 	} {
 		ch <- prometheus.MustNewConstMetric(m.d, prometheus.CounterValue, float64(m.v))

@@ -26,6 +26,7 @@ FROM (SELECT c.message_id, c.key, c.seq
       LIMIT $2::integer) cand
 JOIN postbox.inbox i ON i.subscriber = $1 AND i.message_id = cand.message_id
 WHERE i.status = 'pending'
+  AND i.available_at <= now()
   AND (cand.key IS NULL OR NOT EXISTS (
         SELECT 1 FROM postbox.inbox e
         WHERE e.subscriber = $1
@@ -67,6 +68,9 @@ type ClaimBatchRow struct {
 // Claiming writes nothing: attempts are counted only on failure, and a
 // handled row is deleted. already_processed flags a message ID handled within
 // the dedup window (a duplicate that raced the relay's check).
+// Checked again on the row itself: a consumer may have recorded a failure
+// (and a backoff) after this statement's snapshot, and the lock re-checks
+// only conditions on i.
 // No ORDER BY: candidates stream in age order through the nested loop, so
 // the scan stops as soon as batch_size rows are locked.
 func (q *Queries) ClaimBatch(ctx context.Context, arg ClaimBatchParams) ([]ClaimBatchRow, error) {
@@ -149,6 +153,80 @@ func (q *Queries) ClaimByIDs(ctx context.Context, arg ClaimByIDsParams) ([]Claim
 	var items []ClaimByIDsRow
 	for rows.Next() {
 		var i ClaimByIDsRow
+		if err := rows.Scan(
+			&i.MessageID,
+			&i.Seq,
+			&i.Partition,
+			&i.Attempts,
+			&i.Topic,
+			&i.Type,
+			&i.Key,
+			&i.Payload,
+			&i.Headers,
+			&i.CreatedAt,
+			&i.AvailableAt,
+			&i.AlreadyProcessed,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const claimKeyless = `-- name: ClaimKeyless :many
+SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
+       i.payload, i.headers, i.created_at, i.available_at,
+       EXISTS (SELECT 1 FROM postbox.processed p
+               WHERE p.subscriber = i.subscriber AND p.message_id = i.message_id) AS already_processed
+FROM postbox.inbox i
+WHERE i.subscriber = $1
+  AND i.status = 'pending'
+  AND i.key IS NULL
+  AND i.available_at <= now()
+  -- rows this transaction already claimed: SKIP LOCKED does not skip them
+  AND i.message_id <> ALL ($2::uuid[])
+ORDER BY i.available_at, i.seq
+LIMIT $3::integer
+FOR UPDATE OF i SKIP LOCKED
+`
+
+type ClaimKeylessParams struct {
+	Subscriber string
+	Held       []uuid.UUID
+	BatchSize  int32
+}
+
+type ClaimKeylessRow struct {
+	MessageID        uuid.UUID
+	Seq              *int64
+	Partition        int32
+	Attempts         int32
+	Topic            string
+	Type             string
+	Key              *string
+	Payload          []byte
+	Headers          []byte
+	CreatedAt        time.Time
+	AvailableAt      time.Time
+	AlreadyProcessed bool
+}
+
+// The oldest available deliveries without a key, which need no order check:
+// claimed on their own so that rows waiting behind a blocked key's head can
+// never hide them from the fast path's window.
+func (q *Queries) ClaimKeyless(ctx context.Context, arg ClaimKeylessParams) ([]ClaimKeylessRow, error) {
+	rows, err := q.db.Query(ctx, claimKeyless, arg.Subscriber, arg.Held, arg.BatchSize)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []ClaimKeylessRow
+	for rows.Next() {
+		var i ClaimKeylessRow
 		if err := rows.Scan(
 			&i.MessageID,
 			&i.Seq,

@@ -143,6 +143,11 @@ WITH parts AS (
 SELECT
     (SELECT count(*) FROM claimed)::integer AS claimed,
     (SELECT count(*) FROM delivered)::integer AS delivered,
+    -- routed deliveries dropped because the subscriber already has the
+    -- message ID (pending, dead, or handled within the dedup window)
+    -- (overlapping subscriptions of one subscriber route a row once)
+    ((SELECT count(*) FROM (SELECT DISTINCT r.id, r.subscriber FROM routes r) rr)
+      - (SELECT count(*) FROM delivered))::integer AS duplicates,
     (SELECT count(*) FROM no_route)::integer AS no_route,
     (SELECT count(*) FROM claimed c
       WHERE NOT c.is_queue AND NOT EXISTS (SELECT 1 FROM routes r WHERE r.id = c.id))::integer AS unrouted,
@@ -153,6 +158,7 @@ SELECT
 type RelayBatchRow struct {
 	Claimed    int32
 	Delivered  int32
+	Duplicates int32
 	NoRoute    int32
 	Unrouted   int32
 	Woken      int32
@@ -174,6 +180,7 @@ func (q *Queries) RelayBatch(ctx context.Context, batchSize int32) (RelayBatchRo
 	err := row.Scan(
 		&i.Claimed,
 		&i.Delivered,
+		&i.Duplicates,
 		&i.NoRoute,
 		&i.Unrouted,
 		&i.Woken,

@@ -22,7 +22,7 @@ func RelayBatchNoJIT(ctx context.Context, db BatchSender, batchSize int32) (Rela
 	b := &pgx.Batch{}
 	b.Queue(relayNoJIT)
 	b.Queue(relayBatch, batchSize).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&i.Claimed, &i.Delivered, &i.NoRoute, &i.Unrouted, &i.Woken, &i.Partitions)
+		return row.Scan(&i.Claimed, &i.Delivered, &i.Duplicates, &i.NoRoute, &i.Unrouted, &i.Woken, &i.Partitions)
 	})
 	err := db.SendBatch(ctx, b).Close()
 	return i, err

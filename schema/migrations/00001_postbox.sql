@@ -24,7 +24,9 @@ CREATE TABLE postbox.outbox (
     headers    jsonb,
     created_at timestamptz NOT NULL DEFAULT now(),
     deliver_at timestamptz,
-    CONSTRAINT outbox_pkey PRIMARY KEY (id)
+    CONSTRAINT outbox_pkey PRIMARY KEY (id),
+    -- a negative hash would fall in no relay partition and never move
+    CONSTRAINT outbox_key_hash CHECK (key_hash >= 0)
 );
 
 -- Relay partitions: a relay locks rows of this table (FOR UPDATE SKIP LOCKED)
@@ -108,6 +110,10 @@ CREATE TABLE postbox.inbox (
 -- Claiming: the oldest available pending rows of one subscriber.
 CREATE INDEX inbox_claim_idx ON postbox.inbox (subscriber, available_at, seq)
     WHERE status = 'pending';
+-- Keyless deliveries, claimed on their own so that rows waiting behind a
+-- blocked key's head can never hide them from the claim.
+CREATE INDEX inbox_keyless_idx ON postbox.inbox (subscriber, available_at, seq)
+    WHERE status = 'pending' AND key IS NULL;
 -- Per-key order: is there an earlier pending row of the same key?
 CREATE INDEX inbox_key_idx ON postbox.inbox (subscriber, key, seq)
     WHERE status = 'pending' AND key IS NOT NULL;
@@ -165,13 +171,16 @@ DECLARE
     doc    jsonb;
     result jsonb;
 BEGIN
+    -- A payload the filter cannot read matches nothing, and must never fail
+    -- the relay statement: that would stop every relay at this row.
+    -- program_limit_exceeded covers JSON nested past the stack depth.
     BEGIN
         doc := convert_from(payload, 'UTF8')::jsonb;
+        result := jsonb_path_query_first(doc, filter, '{}', true);
     EXCEPTION WHEN data_exception OR character_not_in_repertoire
-                OR untranslatable_character THEN
+                OR untranslatable_character OR program_limit_exceeded THEN
         RETURN false;
     END;
-    result := jsonb_path_query_first(doc, filter, '{}', true);
     IF result IS NULL THEN
         RETURN false;
     END IF;
@@ -259,6 +268,10 @@ LANGUAGE sql VOLATILE AS $$
     WITH replayed AS (
         UPDATE postbox.inbox i
         SET status = 'pending',
+            -- A new seq queues the letter behind its key's pending messages:
+            -- keeping the old one would make it its key's head at once, even
+            -- while a later message of the key is being handled.
+            seq = DEFAULT,
             attempts = 0,
             replay_count = i.replay_count + 1,
             available_at = now(),
@@ -276,6 +289,7 @@ LANGUAGE sql VOLATILE AS $$
                      replay_dead_letters.dead_until, replay_dead_letters.max_rows) sel
             JOIN postbox.inbox d ON d.subscriber = sel.subscriber AND d.message_id = sel.message_id
             WHERE d.status = 'dead'
+              AND replay_dead_letters.subscriber IS NOT NULL -- required: NULL replays nothing
             FOR UPDATE OF d
         ) old
         WHERE i.subscriber = old.subscriber AND i.message_id = old.message_id
@@ -313,6 +327,7 @@ LANGUAGE sql VOLATILE AS $$
                      purge_dead_letters.dead_until, purge_dead_letters.max_rows) sel
             JOIN postbox.inbox d ON d.subscriber = sel.subscriber AND d.message_id = sel.message_id
             WHERE d.status = 'dead'
+              AND purge_dead_letters.subscriber IS NOT NULL -- required: NULL purges nothing
             FOR UPDATE OF d
         ) old
         WHERE i.subscriber = old.subscriber AND i.message_id = old.message_id

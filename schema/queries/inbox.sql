@@ -21,7 +21,11 @@ FROM (SELECT c.message_id, c.key, c.seq
       ORDER BY c.available_at, c.seq
       LIMIT @scan_limit::integer) cand
 JOIN postbox.inbox i ON i.subscriber = @subscriber AND i.message_id = cand.message_id
+-- Checked again on the row itself: a consumer may have recorded a failure
+-- (and a backoff) after this statement's snapshot, and the lock re-checks
+-- only conditions on i.
 WHERE i.status = 'pending'
+  AND i.available_at <= now()
   AND (cand.key IS NULL OR NOT EXISTS (
         SELECT 1 FROM postbox.inbox e
         WHERE e.subscriber = @subscriber
@@ -30,6 +34,25 @@ WHERE i.status = 'pending'
           AND e.seq < cand.seq))
 -- No ORDER BY: candidates stream in age order through the nested loop, so
 -- the scan stops as soon as batch_size rows are locked.
+LIMIT @batch_size::integer
+FOR UPDATE OF i SKIP LOCKED;
+
+-- name: ClaimKeyless :many
+-- The oldest available deliveries without a key, which need no order check:
+-- claimed on their own so that rows waiting behind a blocked key's head can
+-- never hide them from the fast path's window.
+SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
+       i.payload, i.headers, i.created_at, i.available_at,
+       EXISTS (SELECT 1 FROM postbox.processed p
+               WHERE p.subscriber = i.subscriber AND p.message_id = i.message_id) AS already_processed
+FROM postbox.inbox i
+WHERE i.subscriber = @subscriber
+  AND i.status = 'pending'
+  AND i.key IS NULL
+  AND i.available_at <= now()
+  -- rows this transaction already claimed: SKIP LOCKED does not skip them
+  AND i.message_id <> ALL (@held::uuid[])
+ORDER BY i.available_at, i.seq
 LIMIT @batch_size::integer
 FOR UPDATE OF i SKIP LOCKED;
 

@@ -76,6 +76,11 @@ WITH parts AS (
 SELECT
     (SELECT count(*) FROM claimed)::integer AS claimed,
     (SELECT count(*) FROM delivered)::integer AS delivered,
+    -- routed deliveries dropped because the subscriber already has the
+    -- message ID (pending, dead, or handled within the dedup window)
+    -- (overlapping subscriptions of one subscriber route a row once)
+    ((SELECT count(*) FROM (SELECT DISTINCT r.id, r.subscriber FROM routes r) rr)
+      - (SELECT count(*) FROM delivered))::integer AS duplicates,
     (SELECT count(*) FROM no_route)::integer AS no_route,
     (SELECT count(*) FROM claimed c
       WHERE NOT c.is_queue AND NOT EXISTS (SELECT 1 FROM routes r WHERE r.id = c.id))::integer AS unrouted,
