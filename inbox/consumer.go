@@ -296,14 +296,18 @@ func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 	)
 	// lastOK is the index in done of the delivery handled just before, whose
 	// handler may have returned nil yet left the transaction aborted or the
-	// connection unusable (a swallowed error, rows left open).
+	// connection unusable (a swallowed error, rows left open); lastTimedOut
+	// says its context had expired by then.
 	lastOK := -1
+	lastTimedOut := false
 	// afterHandler deals with an error from the statement that follows a
 	// handler. If the handler returned nil but left the transaction aborted,
 	// its delivery failed after all, and the batch goes on from its
-	// savepoint. If it left the connection unusable, the batch is lost and
-	// that delivery's failed attempt is recorded on its own, so it cannot
-	// stall every batch it lands in.
+	// savepoint. If it left the connection busy (rows not closed), or its
+	// own timeout closed it, the batch is lost and that delivery's failed
+	// attempt is recorded on its own, so it cannot stall every batch it
+	// lands in. A connection closed otherwise (a killed backend) is nobody's
+	// fault: the batch is simply tried again.
 	afterHandler := func(step string, err error) error {
 		if lastOK < 0 {
 			c.errs.Add(1)
@@ -312,8 +316,11 @@ func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 		culprit := rowByID(rows, done[lastOK])
 		if !isAborted(err) {
 			c.errs.Add(1)
+			blamed := lastTimedOut || !tx.Conn().IsClosed()
 			_ = tx.Rollback(bctx) // give the connection back before taking another
-			c.recordAlone(c.classify(policy, culprit, fmt.Errorf("handler returned nil but left the connection unusable: %w", err)))
+			if blamed {
+				c.recordAlone(c.classify(policy, culprit, fmt.Errorf("handler returned nil but left the connection unusable: %w", err)))
+			}
 			return fmt.Errorf("inbox: %s after %s: %w", step, culprit.MessageID, err)
 		}
 		done = slices.Delete(done, lastOK, lastOK+1)
@@ -340,10 +347,10 @@ func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 			}
 		}
 		d := toDelivery(c.cfg.Subscriber, r)
-		herr := c.call(bctx, tx, d)
+		timedOut, herr := c.call(bctx, tx, d)
 		if herr == nil {
 			done = append(done, d.ID)
-			lastOK = len(done) - 1
+			lastOK, lastTimedOut = len(done)-1, timedOut
 			continue
 		}
 		lastOK = -1
@@ -514,10 +521,12 @@ func (c *Consumer) claimKeyHeads(ctx context.Context, q *db.Queries, have []db.C
 }
 
 // call runs the handler with its timeout, the message as the cause of what
-// it publishes, and panics turned into errors.
-func (c *Consumer) call(ctx context.Context, tx pgx.Tx, d *Delivery) (err error) {
+// it publishes, and panics turned into errors. timedOut reports whether the
+// handler's context had expired when it returned.
+func (c *Consumer) call(ctx context.Context, tx pgx.Tx, d *Delivery) (timedOut bool, err error) {
 	hctx, cancel := context.WithTimeout(postbox.WithCause(ctx, &d.Message), c.cfg.HandlerTimeout)
 	defer cancel()
+	defer func() { timedOut = hctx.Err() != nil }()
 	defer func() {
 		if p := recover(); p != nil {
 			c.cfg.Logger.Error("handler panicked", "subscriber", d.Subscriber, "message_id", d.ID,
@@ -525,7 +534,7 @@ func (c *Consumer) call(ctx context.Context, tx pgx.Tx, d *Delivery) (err error)
 			err = fmt.Errorf("handler panicked: %v", p)
 		}
 	}()
-	return c.cfg.Handler.Handle(hctx, ownedTx{tx}, d)
+	return false, c.cfg.Handler.Handle(hctx, ownedTx{tx}, d)
 }
 
 // classify turns a handler error into the failure to record: dead when
