@@ -114,18 +114,21 @@ func (e *env) logf(format string, args ...any) {
 	}
 }
 
-// reset empties the postbox tables and the bench tables, analyzes them, then checkpoints
-// so that every timed run starts from the same state (no dirty pages of a
-// previous run to flush, full-page writes for everyone).
+// reset gives every run the same starting point: the postbox schema is
+// dropped and migrated again (empty tables with no statistics, as on a fresh
+// installation: ANALYZE of an emptied table keeps its old column statistics,
+// so plans would otherwise depend on what the previous workload left), the
+// bench tables are emptied, and a checkpoint leaves no dirty pages of a
+// previous run to flush.
 func (e *env) reset(ctx context.Context, db *pgxpool.Pool) error {
+	if err := schema.Reset(ctx, db); err != nil {
+		return fmt.Errorf("reset: drop postbox schema: %w", err)
+	}
+	if err := schema.Migrate(ctx, db); err != nil {
+		return fmt.Errorf("reset: migrate: %w", err)
+	}
 	if _, err := db.Exec(ctx, sqlReset); err != nil {
 		return fmt.Errorf("reset: %w", err)
-	}
-	// Statistics of the emptied tables, so that plans do not depend on
-	// what an earlier workload left in them: every run starts as a fresh
-	// (or idle) installation that a burst of messages then fills.
-	if _, err := db.Exec(ctx, sqlAnalyze); err != nil {
-		return fmt.Errorf("analyze: %w", err)
 	}
 	// CHECKPOINT needs superuser or pg_checkpoint; without them runs are
 	// a little noisier, not wrong.

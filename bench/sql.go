@@ -35,12 +35,7 @@ CREATE TABLE IF NOT EXISTS postbox_bench.effects (
     handled_at timestamptz NOT NULL DEFAULT now()
 );`
 
-const sqlReset = `TRUNCATE postbox.outbox, postbox.inbox, postbox.processed, postbox.replays,
-    postbox.subscriptions, postbox.subscribers,
-    postbox_bench.orders, postbox_bench.raw_outbox, postbox_bench.effects RESTART IDENTITY`
-
-const sqlAnalyze = `ANALYZE postbox.outbox, postbox.inbox, postbox.processed,
-    postbox_bench.orders, postbox_bench.raw_outbox, postbox_bench.effects`
+const sqlReset = `TRUNCATE postbox_bench.orders, postbox_bench.raw_outbox, postbox_bench.effects RESTART IDENTITY`
 
 const sqlInsertOrder = `INSERT INTO postbox_bench.orders (customer, amount_cents) VALUES ($1, $2)`
 
