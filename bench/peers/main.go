@@ -18,7 +18,11 @@
 //	RESULT workload=<name> msgs=<n> seconds=<s> rate=<msgs/s> [p50_ms=<x> p99_ms=<y>] [baseline_rate=<r> ratio=<rate/baseline_rate>]
 //
 // The client is configured as River's own benchmark configures it
-// (2,000 workers, FetchCooldown 2 ms, FetchPollInterval 20 ms).
+// (2,000 workers, FetchCooldown 2 ms, FetchPollInterval 20 ms; --workers
+// changes the first). Workers finish with --complete tx (effect row and
+// river.JobCompleteTx in one transaction, the guarantee a postbox handler
+// gets) or --complete async (effect row alone; River's completer marks the
+// job later, in batches). docs/benchmarks.md has the figures.
 package main
 
 import (
