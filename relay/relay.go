@@ -22,6 +22,8 @@ type Config struct {
 	// PollInterval is how long an idle relay waits before looking again
 	// when no wake-up arrives. Default 20ms: an empty claim is one cheap
 	// index probe, and this bounds the latency a message waits for the relay.
+	// After a batch that moved messages but was not full, the relay waits a
+	// quarter of it; after a full batch, not at all.
 	PollInterval time.Duration
 	// MaxPollInterval: after consecutive errors the wait grows up to this.
 	// Default 5s.
@@ -213,6 +215,11 @@ func (r *Relay) Run(ctx context.Context) error {
 		case res.Claimed >= r.cfg.BatchSize:
 			wait = r.cfg.PollInterval
 			continue // more is waiting: no pause
+		case res.Claimed > 0:
+			// Messages are flowing: look again sooner. A full poll interval
+			// here was most of the relay's share of the latency (p99 21.7 ms
+			// of 31 ms at 1,000 msg/s, docs/benchmarks.md).
+			wait = r.cfg.PollInterval / 4
 		default:
 			wait = r.cfg.PollInterval
 		}
