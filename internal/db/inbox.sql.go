@@ -389,33 +389,14 @@ func (q *Queries) TryJanitorLock(ctx context.Context) (bool, error) {
 }
 
 const walkKeyHeads = `-- name: WalkKeyHeads :many
-WITH RECURSIVE walk AS (
-    (SELECT e.key, e.seq, e.message_id, e.available_at
-     FROM postbox.inbox e
-     WHERE e.subscriber = $2 AND e.status = 'pending'
-       AND e.key IS NOT NULL AND e.key > $3::text
-     ORDER BY e.key, e.seq
-     LIMIT 1)
-    UNION ALL
-    SELECT n.key, n.seq, n.message_id, n.available_at
-    FROM walk w
-    CROSS JOIN LATERAL (
-        SELECT e.key, e.seq, e.message_id, e.available_at
-        FROM postbox.inbox e
-        WHERE e.subscriber = $2 AND e.status = 'pending'
-          AND e.key IS NOT NULL AND e.key > w.key
-        ORDER BY e.key, e.seq
-        LIMIT 1) n
-)
-SELECT walk.key::text AS key, walk.message_id, walk.available_at <= now() AS available
-FROM walk
-LIMIT $1::integer
+SELECT key::text AS key, message_id::uuid AS message_id, available::boolean AS available
+FROM postbox.walk_key_heads($1::text, $2::text, $3::integer)
 `
 
 type WalkKeyHeadsParams struct {
-	VisitLimit int32
 	Subscriber string
 	AfterKey   string
+	VisitLimit int32
 }
 
 type WalkKeyHeadsRow struct {
@@ -425,11 +406,9 @@ type WalkKeyHeadsRow struct {
 }
 
 // The head (earliest pending delivery) of each key after after_key, in key
-// order, at most visit_limit of them: a skip scan of inbox_key_idx, one
-// index probe per key however many deliveries wait behind each head. The
-// consumer walks on from where it stopped, so every key gets its turn.
+// order, at most visit_limit of them: see postbox.walk_key_heads.
 func (q *Queries) WalkKeyHeads(ctx context.Context, arg WalkKeyHeadsParams) ([]WalkKeyHeadsRow, error) {
-	rows, err := q.db.Query(ctx, walkKeyHeads, arg.VisitLimit, arg.Subscriber, arg.AfterKey)
+	rows, err := q.db.Query(ctx, walkKeyHeads, arg.Subscriber, arg.AfterKey, arg.VisitLimit)
 	if err != nil {
 		return nil, err
 	}

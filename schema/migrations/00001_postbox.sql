@@ -192,6 +192,44 @@ END
 $$;
 -- +goose StatementEnd
 
+-- The head (earliest pending delivery) of each key of a subscriber after
+-- after_key, in key order, at most visit_limit of them: a skip scan of
+-- inbox_key_idx, one index probe per key however many deliveries wait behind
+-- each head. The consumer fills short batches from it, walking on from where
+-- it stopped so every key gets its turn. A function only for its SET clause:
+-- the planner prices a recursive walk over a large inbox in the millions and
+-- JIT-compiled it, 372 ms of compiling for a 0.09 ms walk (auto_explain, a
+-- million rows waiting); with jit off here and nowhere else.
+-- +goose StatementBegin
+CREATE FUNCTION postbox.walk_key_heads(subscriber text, after_key text, visit_limit integer)
+RETURNS TABLE (key text, message_id uuid, available boolean)
+LANGUAGE sql STABLE
+SET jit = off
+AS $$
+    WITH RECURSIVE walk AS (
+        (SELECT e.key, e.seq, e.message_id, e.available_at
+         FROM postbox.inbox e
+         WHERE e.subscriber = walk_key_heads.subscriber AND e.status = 'pending'
+           AND e.key IS NOT NULL AND e.key > walk_key_heads.after_key
+         ORDER BY e.key, e.seq
+         LIMIT 1)
+        UNION ALL
+        SELECT n.key, n.seq, n.message_id, n.available_at
+        FROM walk w
+        CROSS JOIN LATERAL (
+            SELECT e.key, e.seq, e.message_id, e.available_at
+            FROM postbox.inbox e
+            WHERE e.subscriber = walk_key_heads.subscriber AND e.status = 'pending'
+              AND e.key IS NOT NULL AND e.key > w.key
+            ORDER BY e.key, e.seq
+            LIMIT 1) n
+    )
+    SELECT walk.key, walk.message_id, walk.available_at <= now()
+    FROM walk
+    LIMIT walk_key_heads.visit_limit
+$$;
+-- +goose StatementEnd
+
 -- Operators' views.
 CREATE VIEW postbox.dead_letters AS
 SELECT subscriber, message_id, topic, type, key, attempts, replay_count,
@@ -344,6 +382,7 @@ DROP FUNCTION postbox.select_dead_letters(text, uuid[], text, text, timestamptz,
 DROP VIEW postbox.queue_depths;
 DROP VIEW postbox.dead_letters;
 DROP FUNCTION postbox.payload_matches(bytea, jsonpath);
+DROP FUNCTION postbox.walk_key_heads(text, text, integer);
 DROP TABLE postbox.replays;
 DROP TABLE postbox.processed;
 DROP TABLE postbox.inbox;

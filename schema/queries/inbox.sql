@@ -58,30 +58,9 @@ FOR UPDATE OF i SKIP LOCKED;
 
 -- name: WalkKeyHeads :many
 -- The head (earliest pending delivery) of each key after after_key, in key
--- order, at most visit_limit of them: a skip scan of inbox_key_idx, one
--- index probe per key however many deliveries wait behind each head. The
--- consumer walks on from where it stopped, so every key gets its turn.
-WITH RECURSIVE walk AS (
-    (SELECT e.key, e.seq, e.message_id, e.available_at
-     FROM postbox.inbox e
-     WHERE e.subscriber = @subscriber AND e.status = 'pending'
-       AND e.key IS NOT NULL AND e.key > @after_key::text
-     ORDER BY e.key, e.seq
-     LIMIT 1)
-    UNION ALL
-    SELECT n.key, n.seq, n.message_id, n.available_at
-    FROM walk w
-    CROSS JOIN LATERAL (
-        SELECT e.key, e.seq, e.message_id, e.available_at
-        FROM postbox.inbox e
-        WHERE e.subscriber = @subscriber AND e.status = 'pending'
-          AND e.key IS NOT NULL AND e.key > w.key
-        ORDER BY e.key, e.seq
-        LIMIT 1) n
-)
-SELECT walk.key::text AS key, walk.message_id, walk.available_at <= now() AS available
-FROM walk
-LIMIT @visit_limit::integer;
+-- order, at most visit_limit of them: see postbox.walk_key_heads.
+SELECT key::text AS key, message_id::uuid AS message_id, available::boolean AS available
+FROM postbox.walk_key_heads(@subscriber::text, @after_key::text, @visit_limit::integer);
 
 -- name: ClaimByIDs :many
 -- Locks the given deliveries (key heads found by WalkKeyHeads) that are still
