@@ -286,6 +286,18 @@ func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 	if len(rows) == 0 {
 		return 0, tx.Commit(bctx)
 	}
+	// A duplicate can race the relay's dedup check (inserted while the
+	// original's "handled" commit was in flight); this statement's snapshot
+	// sees every commit the duplicate's own insert waited for.
+	handledIDs, err := q.ProcessedAmong(bctx, db.ProcessedAmongParams{Subscriber: c.cfg.Subscriber, MessageIds: heldIDs(rows)})
+	if err != nil {
+		c.errs.Add(1)
+		return 0, fmt.Errorf("inbox: dedup check: %w", err)
+	}
+	alreadyHandled := make(map[uuid.UUID]bool, len(handledIDs))
+	for _, id := range handledIDs {
+		alreadyHandled[id] = true
+	}
 	slices.SortFunc(rows, func(a, b db.ClaimBatchRow) int { return cmp.Compare(deref(a.Seq), deref(b.Seq)) })
 
 	var (
@@ -336,7 +348,7 @@ func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 		if ctx.Err() != nil {
 			break
 		}
-		if r.AlreadyProcessed {
+		if alreadyHandled[r.MessageID] {
 			done = append(done, r.MessageID)
 			dups++
 			continue

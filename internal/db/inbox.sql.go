@@ -14,9 +14,7 @@ import (
 
 const claimBatch = `-- name: ClaimBatch :many
 SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
-       i.payload, i.headers, i.created_at, i.available_at,
-       EXISTS (SELECT 1 FROM postbox.processed p
-               WHERE p.subscriber = i.subscriber AND p.message_id = i.message_id) AS already_processed
+       i.payload, i.headers, i.created_at, i.available_at
 FROM (SELECT c.message_id, c.key, c.seq
       FROM postbox.inbox c
       WHERE c.subscriber = $1
@@ -44,18 +42,17 @@ type ClaimBatchParams struct {
 }
 
 type ClaimBatchRow struct {
-	MessageID        uuid.UUID
-	Seq              *int64
-	Partition        int32
-	Attempts         int32
-	Topic            string
-	Type             string
-	Key              *string
-	Payload          []byte
-	Headers          []byte
-	CreatedAt        time.Time
-	AvailableAt      time.Time
-	AlreadyProcessed bool
+	MessageID   uuid.UUID
+	Seq         *int64
+	Partition   int32
+	Attempts    int32
+	Topic       string
+	Type        string
+	Key         *string
+	Payload     []byte
+	Headers     []byte
+	CreatedAt   time.Time
+	AvailableAt time.Time
 }
 
 // The fast path of a claim: looks at the scan_limit oldest available pending
@@ -66,8 +63,7 @@ type ClaimBatchRow struct {
 // the oldest rows wait behind their key's head (a few hot keys): then the
 // consumer fills the batch with WalkKeyHeads and ClaimByIDs.
 // Claiming writes nothing: attempts are counted only on failure, and a
-// handled row is deleted. already_processed flags a message ID handled within
-// the dedup window (a duplicate that raced the relay's check).
+// handled row is deleted.
 // Checked again on the row itself: a consumer may have recorded a failure
 // (and a backoff) after this statement's snapshot, and the lock re-checks
 // only conditions on i.
@@ -94,7 +90,6 @@ func (q *Queries) ClaimBatch(ctx context.Context, arg ClaimBatchParams) ([]Claim
 			&i.Headers,
 			&i.CreatedAt,
 			&i.AvailableAt,
-			&i.AlreadyProcessed,
 		); err != nil {
 			return nil, err
 		}
@@ -108,9 +103,7 @@ func (q *Queries) ClaimBatch(ctx context.Context, arg ClaimBatchParams) ([]Claim
 
 const claimByIDs = `-- name: ClaimByIDs :many
 SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
-       i.payload, i.headers, i.created_at, i.available_at,
-       EXISTS (SELECT 1 FROM postbox.processed p
-               WHERE p.subscriber = i.subscriber AND p.message_id = i.message_id) AS already_processed
+       i.payload, i.headers, i.created_at, i.available_at
 FROM postbox.inbox i
 WHERE i.subscriber = $1
   AND i.message_id = ANY ($2::uuid[])
@@ -128,18 +121,17 @@ type ClaimByIDsParams struct {
 }
 
 type ClaimByIDsRow struct {
-	MessageID        uuid.UUID
-	Seq              *int64
-	Partition        int32
-	Attempts         int32
-	Topic            string
-	Type             string
-	Key              *string
-	Payload          []byte
-	Headers          []byte
-	CreatedAt        time.Time
-	AvailableAt      time.Time
-	AlreadyProcessed bool
+	MessageID   uuid.UUID
+	Seq         *int64
+	Partition   int32
+	Attempts    int32
+	Topic       string
+	Type        string
+	Key         *string
+	Payload     []byte
+	Headers     []byte
+	CreatedAt   time.Time
+	AvailableAt time.Time
 }
 
 // Locks the given deliveries (key heads found by WalkKeyHeads) that are still
@@ -165,7 +157,6 @@ func (q *Queries) ClaimByIDs(ctx context.Context, arg ClaimByIDsParams) ([]Claim
 			&i.Headers,
 			&i.CreatedAt,
 			&i.AvailableAt,
-			&i.AlreadyProcessed,
 		); err != nil {
 			return nil, err
 		}
@@ -179,9 +170,7 @@ func (q *Queries) ClaimByIDs(ctx context.Context, arg ClaimByIDsParams) ([]Claim
 
 const claimKeyless = `-- name: ClaimKeyless :many
 SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
-       i.payload, i.headers, i.created_at, i.available_at,
-       EXISTS (SELECT 1 FROM postbox.processed p
-               WHERE p.subscriber = i.subscriber AND p.message_id = i.message_id) AS already_processed
+       i.payload, i.headers, i.created_at, i.available_at
 FROM postbox.inbox i
 WHERE i.subscriber = $1
   AND i.status = 'pending'
@@ -201,18 +190,17 @@ type ClaimKeylessParams struct {
 }
 
 type ClaimKeylessRow struct {
-	MessageID        uuid.UUID
-	Seq              *int64
-	Partition        int32
-	Attempts         int32
-	Topic            string
-	Type             string
-	Key              *string
-	Payload          []byte
-	Headers          []byte
-	CreatedAt        time.Time
-	AvailableAt      time.Time
-	AlreadyProcessed bool
+	MessageID   uuid.UUID
+	Seq         *int64
+	Partition   int32
+	Attempts    int32
+	Topic       string
+	Type        string
+	Key         *string
+	Payload     []byte
+	Headers     []byte
+	CreatedAt   time.Time
+	AvailableAt time.Time
 }
 
 // The oldest available deliveries without a key, which need no order check:
@@ -239,7 +227,6 @@ func (q *Queries) ClaimKeyless(ctx context.Context, arg ClaimKeylessParams) ([]C
 			&i.Headers,
 			&i.CreatedAt,
 			&i.AvailableAt,
-			&i.AlreadyProcessed,
 		); err != nil {
 			return nil, err
 		}
@@ -348,6 +335,39 @@ func (q *Queries) MarkProcessed(ctx context.Context, arg MarkProcessedParams) (i
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const processedAmong = `-- name: ProcessedAmong :many
+SELECT message_id::uuid AS message_id
+FROM postbox.processed_among($1::text, $2::uuid[]) AS message_id
+`
+
+type ProcessedAmongParams struct {
+	Subscriber string
+	MessageIds []uuid.UUID
+}
+
+// Which of the claimed message IDs were handled within the dedup window:
+// duplicates that raced the relay's check. Run after the claim, in its
+// transaction; see postbox.processed_among.
+func (q *Queries) ProcessedAmong(ctx context.Context, arg ProcessedAmongParams) ([]uuid.UUID, error) {
+	rows, err := q.db.Query(ctx, processedAmong, arg.Subscriber, arg.MessageIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []uuid.UUID
+	for rows.Next() {
+		var message_id uuid.UUID
+		if err := rows.Scan(&message_id); err != nil {
+			return nil, err
+		}
+		items = append(items, message_id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const purgeProcessed = `-- name: PurgeProcessed :execrows

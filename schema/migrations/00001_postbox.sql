@@ -230,6 +230,26 @@ AS $$
 $$;
 -- +goose StatementEnd
 
+-- Which of message_ids a subscriber handled within its dedup window. A
+-- function only for its SET clause: planned inside a claim, the same lookup
+-- followed the statistics of a queue table, which are never right for long
+-- (empty at night, large by noon), and became a hash of the whole processed
+-- table on every claim: 34 ms instead of 1 ms with 100,000 handled IDs
+-- (EXPLAIN ANALYZE of the generic plan). Here only the primary key can serve.
+-- +goose StatementBegin
+CREATE FUNCTION postbox.processed_among(subscriber text, message_ids uuid[])
+RETURNS SETOF uuid
+LANGUAGE sql STABLE
+SET enable_seqscan = off
+SET jit = off
+AS $$
+    SELECT p.message_id
+    FROM postbox.processed p
+    WHERE p.subscriber = processed_among.subscriber
+      AND p.message_id = ANY (processed_among.message_ids)
+$$;
+-- +goose StatementEnd
+
 -- Operators' views.
 CREATE VIEW postbox.dead_letters AS
 SELECT subscriber, message_id, topic, type, key, attempts, replay_count,
@@ -383,6 +403,7 @@ DROP VIEW postbox.queue_depths;
 DROP VIEW postbox.dead_letters;
 DROP FUNCTION postbox.payload_matches(bytea, jsonpath);
 DROP FUNCTION postbox.walk_key_heads(text, text, integer);
+DROP FUNCTION postbox.processed_among(text, uuid[]);
 DROP TABLE postbox.replays;
 DROP TABLE postbox.processed;
 DROP TABLE postbox.inbox;

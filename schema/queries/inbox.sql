@@ -7,12 +7,9 @@
 -- the oldest rows wait behind their key's head (a few hot keys): then the
 -- consumer fills the batch with WalkKeyHeads and ClaimByIDs.
 -- Claiming writes nothing: attempts are counted only on failure, and a
--- handled row is deleted. already_processed flags a message ID handled within
--- the dedup window (a duplicate that raced the relay's check).
+-- handled row is deleted.
 SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
-       i.payload, i.headers, i.created_at, i.available_at,
-       EXISTS (SELECT 1 FROM postbox.processed p
-               WHERE p.subscriber = i.subscriber AND p.message_id = i.message_id) AS already_processed
+       i.payload, i.headers, i.created_at, i.available_at
 FROM (SELECT c.message_id, c.key, c.seq
       FROM postbox.inbox c
       WHERE c.subscriber = @subscriber
@@ -42,9 +39,7 @@ FOR UPDATE OF i SKIP LOCKED;
 -- claimed on their own so that rows waiting behind a blocked key's head can
 -- never hide them from the fast path's window.
 SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
-       i.payload, i.headers, i.created_at, i.available_at,
-       EXISTS (SELECT 1 FROM postbox.processed p
-               WHERE p.subscriber = i.subscriber AND p.message_id = i.message_id) AS already_processed
+       i.payload, i.headers, i.created_at, i.available_at
 FROM postbox.inbox i
 WHERE i.subscriber = @subscriber
   AND i.status = 'pending'
@@ -66,9 +61,7 @@ FROM postbox.walk_key_heads(@subscriber::text, @after_key::text, @visit_limit::i
 -- Locks the given deliveries (key heads found by WalkKeyHeads) that are still
 -- pending and available, skipping rows other consumers hold.
 SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
-       i.payload, i.headers, i.created_at, i.available_at,
-       EXISTS (SELECT 1 FROM postbox.processed p
-               WHERE p.subscriber = i.subscriber AND p.message_id = i.message_id) AS already_processed
+       i.payload, i.headers, i.created_at, i.available_at
 FROM postbox.inbox i
 WHERE i.subscriber = @subscriber
   AND i.message_id = ANY (@message_ids::uuid[])
@@ -77,6 +70,13 @@ WHERE i.subscriber = @subscriber
 ORDER BY i.available_at, i.seq
 LIMIT @batch_size::integer
 FOR UPDATE OF i SKIP LOCKED;
+
+-- name: ProcessedAmong :many
+-- Which of the claimed message IDs were handled within the dedup window:
+-- duplicates that raced the relay's check. Run after the claim, in its
+-- transaction; see postbox.processed_among.
+SELECT message_id::uuid AS message_id
+FROM postbox.processed_among(@subscriber::text, @message_ids::uuid[]) AS message_id;
 
 -- name: CompleteDeliveries :exec
 -- Marks deliveries handled: removes them from the inbox and remembers their
