@@ -69,7 +69,7 @@ func ValidateName(field, name string) error {
 	if len(name) > MaxNameLength {
 		return invalid(field, "%d characters, more than %d", len(name), MaxNameLength)
 	}
-	if !nameRE.MatchString(name) {
+	if !validName(name) {
 		return invalid(field, "%q does not match %s", name, NamePattern)
 	}
 	return nil
@@ -100,7 +100,7 @@ func (l Limits) Validate(m *Message) error {
 	}
 	total := 0
 	for k, v := range m.Headers {
-		if !headerNameRE.MatchString(k) {
+		if !validHeaderName(k) {
 			return invalid("headers", "name %q does not match %s", k, headerNameRE)
 		}
 		if err := checkText("header "+k, v); err != nil {
@@ -112,6 +112,52 @@ func (l Limits) Validate(m *Message) error {
 		return invalid("headers", "%d bytes in all, more than %d", total, l.MaxHeaderBytes)
 	}
 	return nil
+}
+
+// validName is nameRE.MatchString written as a loop: it runs for every
+// message published, and the regular expression was a quarter of
+// PublishBatch's validation time (CPU profile). A test holds the two equal.
+func validName(s string) bool {
+	if s == "" {
+		return false
+	}
+	segStart := true // at the start of a segment: a letter, digit, '_' or '-' must follow
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z' || c >= '0' && c <= '9':
+			segStart = false
+		case c == '_' || c == '-':
+			if i == 0 {
+				return false // the name starts with a letter or digit
+			}
+			segStart = false
+		case c == '.':
+			if segStart {
+				return false // empty segment
+			}
+			segStart = true
+		default:
+			return false
+		}
+	}
+	return !segStart
+}
+
+// validHeaderName is headerNameRE.MatchString written as a loop, for the
+// same reason as validName.
+func validHeaderName(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '.' && c != '_' && c != '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // checkText rejects what PostgreSQL text and jsonb cannot hold.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/internal/db"
@@ -95,11 +96,11 @@ func (o Outbox) copy(ctx context.Context, dbtx postbox.DBTX, msgs []*postbox.Mes
 		}
 		// The same ID twice in one batch is one message twice: almost
 		// certainly a reused *Message, and all but one copy would be dropped.
-		if j, dup := seen[row.MessageID]; dup {
+		if j, dup := seen[msg.ID]; dup {
 			return fmt.Errorf("outbox: message %d of %d: %w", i, len(msgs), &postbox.ValidationError{
-				Field: "ID", Reason: fmt.Sprintf("%s is also message %d of the batch", row.MessageID, j)})
+				Field: "ID", Reason: fmt.Sprintf("%s is also message %d of the batch", msg.ID, j)})
 		}
-		seen[row.MessageID] = i
+		seen[msg.ID] = i
 		rows[i] = db.CopyOutboxParams(row)
 	}
 	n, err := db.New(dbtx).CopyOutbox(ctx, rows)
@@ -115,7 +116,7 @@ func (o Outbox) copy(ctx context.Context, dbtx postbox.DBTX, msgs []*postbox.Mes
 // row is the outbox row for one message; both generated parameter structs
 // convert from it.
 type row struct {
-	MessageID uuid.UUID
+	MessageID pgtype.UUID
 	KeyHash   int32
 	IsQueue   bool
 	Topic     string
@@ -152,7 +153,7 @@ func (o Outbox) prepare(ctx context.Context, msg *postbox.Message, queue bool) (
 		}
 	}
 	r := row{
-		MessageID: msg.ID,
+		MessageID: pgtype.UUID{Bytes: msg.ID, Valid: true},
 		IsQueue:   queue,
 		Topic:     msg.Topic,
 		Type:      msg.Type,

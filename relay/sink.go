@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/google/uuid"
+
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/dispatcher"
 	"github.com/postbox-dev/postbox/internal/db"
@@ -56,7 +58,7 @@ func (r *Relay) sinkOnce(ctx context.Context) (Result, error) {
 func envelope(row db.PostboxOutbox) dispatcher.Envelope {
 	e := dispatcher.Envelope{
 		Message: postbox.Message{
-			ID:        row.MessageID,
+			ID:        uuid.UUID(row.MessageID.Bytes),
 			Topic:     row.Topic,
 			Type:      row.Type,
 			Payload:   row.Payload,

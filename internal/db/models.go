@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 type PostboxDeadLetter struct {
@@ -48,7 +49,7 @@ type PostboxInbox struct {
 
 type PostboxOutbox struct {
 	ID        int64
-	MessageID uuid.UUID
+	MessageID pgtype.UUID
 	KeyHash   int32
 	IsQueue   bool
 	Topic     string

@@ -9,11 +9,11 @@ import (
 	"context"
 	"time"
 
-	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 type CopyOutboxParams struct {
-	MessageID uuid.UUID
+	MessageID pgtype.UUID
 	KeyHash   int32
 	IsQueue   bool
 	Topic     string
@@ -30,7 +30,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 `
 
 type InsertOutboxParams struct {
-	MessageID uuid.UUID
+	MessageID pgtype.UUID
 	KeyHash   int32
 	IsQueue   bool
 	Topic     string
