@@ -2,7 +2,6 @@ package dlq
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/headers"
 )
 
 // ErrNotFound is returned by Get when the subscriber has no dead letter with
@@ -297,32 +297,10 @@ func fromRow(r db.GetDeadLetterRow) (DeadLetter, error) {
 	if r.DeadAt != nil {
 		d.DeadAt = *r.DeadAt
 	}
-	h, err := decodeHeaders(r.Headers)
+	h, err := headers.Decode(r.Headers)
 	if err != nil {
 		return DeadLetter{}, fmt.Errorf("message %s: headers: %w", r.MessageID, err)
 	}
 	d.Headers = h
 	return d, nil
-}
-
-// decodeHeaders reads the headers object. postbox writes string values
-// only; a value written some other way (by hand, in SQL) is kept as its JSON
-// text rather than failing the whole listing.
-func decodeHeaders(b []byte) (map[string]string, error) {
-	if len(b) == 0 || string(b) == "null" {
-		return nil, nil
-	}
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(b, &raw); err != nil {
-		return nil, err
-	}
-	h := make(map[string]string, len(raw))
-	for k, v := range raw {
-		var s string
-		if err := json.Unmarshal(v, &s); err != nil {
-			s = string(v)
-		}
-		h[k] = s
-	}
-	return h, nil
 }

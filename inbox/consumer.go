@@ -3,7 +3,6 @@ package inbox
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +22,7 @@ import (
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/dispatcher"
 	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/headers"
 	"github.com/postbox-dev/postbox/internal/notify"
 	"github.com/postbox-dev/postbox/relay"
 )
@@ -623,11 +623,10 @@ func toDelivery(subscriber string, r db.ClaimBatchRow) *Delivery {
 	if r.Key != nil {
 		d.Key = *r.Key
 	}
-	if len(r.Headers) > 0 {
-		// Written by postbox as a JSON object of strings; anything else is
-		// left out rather than failing the delivery.
-		_ = json.Unmarshal(r.Headers, &d.Headers)
-	}
+	// A headers column that is not a JSON object (only hand-written SQL
+	// could do that) leaves the delivery without headers rather than
+	// failing it.
+	d.Headers, _ = headers.Decode(r.Headers)
 	return d
 }
 

@@ -2,7 +2,6 @@ package outbox
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -11,6 +10,7 @@ import (
 
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/headers"
 	"github.com/postbox-dev/postbox/internal/murmur2"
 )
 
@@ -169,13 +169,11 @@ func (o Outbox) prepare(ctx context.Context, msg *postbox.Message, queue bool) (
 	} else {
 		r.KeyHash = murmur2.Positive(msg.ID[:])
 	}
-	if len(msg.Headers) > 0 {
-		h, err := json.Marshal(msg.Headers)
-		if err != nil {
-			return row{}, fmt.Errorf("outbox: encode headers: %w", err)
-		}
-		r.Headers = h
+	h, err := headers.Encode(msg.Headers)
+	if err != nil {
+		return row{}, fmt.Errorf("outbox: encode headers: %w", err)
 	}
+	r.Headers = h
 	if !msg.DeliverAt.IsZero() {
 		at := msg.DeliverAt
 		r.DeliverAt = &at

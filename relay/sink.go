@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 
 	"github.com/google/uuid"
@@ -10,6 +9,7 @@ import (
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/dispatcher"
 	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/headers"
 )
 
 // sinkOnce hands one batch to the Sink: claim under the relay-partition
@@ -73,9 +73,7 @@ func envelope(row db.PostboxOutbox) dispatcher.Envelope {
 	if row.DeliverAt != nil {
 		e.DeliverAt = *row.DeliverAt
 	}
-	if len(row.Headers) > 0 {
-		// postbox writes headers as a JSON object of strings.
-		_ = json.Unmarshal(row.Headers, &e.Headers)
-	}
+	// Not a JSON object only if written by hand in SQL: no headers then.
+	e.Headers, _ = headers.Decode(row.Headers)
 	return e
 }
