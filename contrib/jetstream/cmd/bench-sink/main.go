@@ -1,0 +1,190 @@
+// Command bench-sink measures the relay moving a backlog to NATS
+// JetStream through the Sink: it preloads N messages into the outbox of
+// the database named by DATABASE_URL, runs the relay until the stream has
+// acknowledged every one of them, and prints one line in the format of
+// `postbox bench`:
+//
+//	RESULT workload=sink-jetstream msgs=<n> seconds=<s> rate=<msgs/s> rss_mib=<max RSS>
+//
+// seconds runs from the relay's start to the last batch deleted from the
+// outbox; rss_mib is the process's peak resident set (preloading
+// included; with -embedded, the NATS server's too). Progress goes to
+// stderr.
+//
+//	DATABASE_URL=postgres://postgres@127.0.0.1:5432/postbox_bench go run ./cmd/bench-sink -n 100000
+//
+// It drops and recreates the postbox schema, so it refuses a database
+// whose name contains neither "bench" nor "test". It creates the stream
+// POSTBOX_BENCH on subjects postbox-bench.> and deletes it at the end.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/postbox-dev/postbox"
+	pbjetstream "github.com/postbox-dev/postbox/contrib/jetstream"
+	"github.com/postbox-dev/postbox/dispatcher"
+	"github.com/postbox-dev/postbox/outbox"
+	"github.com/postbox-dev/postbox/relay"
+	"github.com/postbox-dev/postbox/schema"
+)
+
+const (
+	streamName = "POSTBOX_BENCH"
+	subjects   = "postbox-bench"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-sink:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context) error {
+	var (
+		n        = flag.Int("n", 100_000, "messages to preload and relay")
+		keys     = flag.Int("keys", 1000, "distinct partition keys (0: no keys)")
+		batch    = flag.Int("batch", relay.DefaultBatchSize, "relay batch size")
+		inFlight = flag.Int("in-flight", pbjetstream.DefaultMaxInFlight, "publishes awaiting their PubAck (SinkConfig.MaxInFlight)")
+		natsURL  = flag.String("nats-url", "nats://127.0.0.1:4222", "NATS server with JetStream")
+		embedded = flag.Bool("embedded", false, "start a NATS server in this process instead of using -nats-url")
+		dbURL    = flag.String("database-url", os.Getenv("DATABASE_URL"), "PostgreSQL (default $DATABASE_URL)")
+	)
+	flag.Parse()
+	if *dbURL == "" {
+		return errors.New("no database: set DATABASE_URL or -database-url (a dedicated database such as postbox_bench)")
+	}
+	pool, err := pgxpool.New(ctx, *dbURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	var name string
+	if err := pool.QueryRow(ctx, "SELECT current_database()").Scan(&name); err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	if !strings.Contains(name, "bench") && !strings.Contains(name, "test") {
+		return fmt.Errorf("database %q: bench-sink drops the postbox schema, so it runs only on a database whose name contains \"bench\" or \"test\"", name)
+	}
+	if err := schema.Reset(ctx, pool); err != nil {
+		return fmt.Errorf("drop postbox schema: %w", err)
+	}
+	if err := schema.Migrate(ctx, pool); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+
+	if *embedded {
+		dir, err := os.MkdirTemp("", "bench-sink")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true})
+		if err != nil {
+			return err
+		}
+		go srv.Start()
+		defer srv.Shutdown()
+		if !srv.ReadyForConnections(10 * time.Second) {
+			return errors.New("embedded nats-server not ready")
+		}
+		*natsURL = srv.ClientURL()
+	}
+	nc, err := nats.Connect(*natsURL)
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", *natsURL, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(max(*inFlight, 4000)))
+	if err != nil {
+		return err
+	}
+	if err := js.DeleteStream(ctx, streamName); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("delete stream: %w", err)
+	}
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: streamName, Subjects: []string{subjects + ".>"}, Storage: jetstream.FileStorage, Duplicates: 2 * time.Minute})
+	if err != nil {
+		return fmt.Errorf("create stream: %w", err)
+	}
+	defer js.DeleteStream(context.WithoutCancel(ctx), streamName)
+
+	start := time.Now()
+	if err := preload(ctx, pool, *n, *keys); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "preloaded %d messages in %s\n", *n, time.Since(start).Round(time.Millisecond))
+
+	sink, err := pbjetstream.NewSink(js, pbjetstream.SinkConfig{
+		Stream:      streamName,
+		MaxInFlight: *inFlight,
+		Subject:     func(e *dispatcher.Envelope) string { return subjects + "." + e.Topic },
+	})
+	if err != nil {
+		return err
+	}
+	r, err := relay.New(pool, relay.Config{Sink: sink, BatchSize: *batch})
+	if err != nil {
+		return err
+	}
+	start = time.Now()
+	if _, err := r.Drain(ctx); err != nil {
+		return err
+	}
+	seconds := time.Since(start).Seconds()
+	s := sink.Stats()
+	fmt.Fprintf(os.Stderr, "sink %+v; relay %+v\n", s, r.Stats())
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return err
+	}
+	if s.Published != int64(*n) || info.State.Msgs != uint64(*n) {
+		return fmt.Errorf("the stream holds %d messages and the sink counted %d stored, want %d", info.State.Msgs, s.Published, *n)
+	}
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return err
+	}
+	fmt.Printf("RESULT workload=sink-jetstream msgs=%d seconds=%.3f rate=%.1f rss_mib=%.1f\n",
+		*n, seconds, float64(*n)/seconds, float64(ru.Maxrss)/1024) // Maxrss is in KiB on Linux
+	return nil
+}
+
+// preload writes n order messages of about 90 bytes of JSON to the
+// outbox, as postbox bench does, in transactions of 5,000.
+func preload(ctx context.Context, pool *pgxpool.Pool, n, keys int) error {
+	headers := map[string]string{postbox.HeaderContentType: "application/json"}
+	chunk := make([]*postbox.Message, 0, 5000)
+	for i := range n {
+		m := &postbox.Message{Topic: "order.created", Type: "order.created", Headers: headers,
+			Payload: fmt.Appendf(nil, `{"seq":%d,"customer":"c-%d","amount_cents":%d,"currency":"EUR"}`, i, i%1000, 1000+i%9000)}
+		if keys > 0 {
+			m.Key = "customer-" + strconv.Itoa(i%keys)
+		}
+		chunk = append(chunk, m)
+		if len(chunk) == cap(chunk) || i == n-1 {
+			if err := outbox.PublishBatch(ctx, pool, chunk); err != nil {
+				return fmt.Errorf("preload: %w", err)
+			}
+			chunk = chunk[:0]
+		}
+	}
+	return nil
+}
