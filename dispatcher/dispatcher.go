@@ -41,7 +41,19 @@ type Options struct {
 	// Retention is the dedup window: how long a handled message ID is
 	// remembered. Default 7 days.
 	Retention time.Duration
+	// KeyOnDead is what later messages of a key do while one of its
+	// messages is a dead letter: KeyProceeds (the default: they are
+	// handled) or KeyParks (they wait, parked, until the letter is
+	// replayed or purged, so the key's messages are handled strictly in
+	// order even across a failure).
+	KeyOnDead string
 }
+
+// Values of Options.KeyOnDead.
+const (
+	KeyProceeds = "proceed"
+	KeyParks    = "park"
+)
 
 // Backoff is an exponential backoff schedule; zero fields take defaults.
 type Backoff struct {
@@ -79,6 +91,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Backoff.Multiplier == 0 {
 		o.Backoff.Multiplier = DefaultBackoff.Multiplier
 	}
+	if o.KeyOnDead == "" {
+		o.KeyOnDead = KeyProceeds
+	}
 	switch {
 	case o.Partitions < 1 || o.Partitions > 4096:
 		return o, &postbox.ValidationError{Field: "Partitions", Reason: fmt.Sprintf("%d, want 1 to 4096", o.Partitions)}
@@ -88,6 +103,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, &postbox.ValidationError{Field: "Retention", Reason: "negative"}
 	case o.Backoff.Initial < 0 || o.Backoff.Max < o.Backoff.Initial:
 		return o, &postbox.ValidationError{Field: "Backoff", Reason: "want 0 <= Initial <= Max"}
+	case o.KeyOnDead != KeyProceeds && o.KeyOnDead != KeyParks:
+		return o, &postbox.ValidationError{Field: "KeyOnDead", Reason: fmt.Sprintf("%q, want %q or %q", o.KeyOnDead, KeyProceeds, KeyParks)}
 	case o.Backoff.Multiplier < 1:
 		return o, &postbox.ValidationError{Field: "Backoff.Multiplier", Reason: "less than 1"}
 	}
@@ -152,6 +169,7 @@ func declare(ctx context.Context, dbtx postbox.DBTX, kind, name string, opts Opt
 		BackoffMax:        opts.Backoff.Max,
 		BackoffMultiplier: opts.Backoff.Multiplier,
 		Retention:         opts.Retention,
+		KeyOnDead:         opts.KeyOnDead,
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("%w: %q", ErrKindConflict, name)
@@ -310,6 +328,7 @@ func fromRow(r db.PostboxSubscriber) Subscriber {
 			MaxAttempts: int(r.MaxAttempts),
 			Backoff:     Backoff{Initial: r.BackoffInitial, Max: r.BackoffMax, Multiplier: r.BackoffMultiplier},
 			Retention:   r.Retention,
+			KeyOnDead:   r.KeyOnDead,
 		},
 		CreatedAt: r.CreatedAt,
 	}

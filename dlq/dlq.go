@@ -29,9 +29,17 @@ const (
 // maxTextBytes bounds Filter.Type and Filter.ErrorContains.
 const maxTextBytes = 1024
 
+// Relay is the subscriber of the dead letters the relay quarantined: outbox
+// rows it could not move (a row the relay statement fails on, or a message
+// a Sink refused again and again), with the error as LastError. No
+// subscriber can have this name; replaying its letters puts them back into
+// the outbox.
+const Relay = "_relay"
+
 // DeadLetter is one dead delivery: a message that exhausted its subscriber's
-// attempts, was rejected as permanently invalid, or was sent to a queue that
-// did not exist (LastError "no-route", Subscriber the queue name).
+// attempts, was rejected as permanently invalid, was sent to a queue that
+// did not exist (LastError "no-route", Subscriber the queue name), or an
+// outbox row the relay quarantined (Subscriber Relay).
 type DeadLetter struct {
 	Subscriber string
 	MessageID  uuid.UUID
@@ -87,7 +95,7 @@ type params struct {
 func (f Filter) check(needSubscriber bool) (params, error) {
 	var p params
 	if f.Subscriber != "" || needSubscriber {
-		if err := postbox.ValidateName("subscriber", f.Subscriber); err != nil {
+		if err := checkSubscriber(f.Subscriber); err != nil {
 			return p, err
 		}
 		s := f.Subscriber
@@ -138,6 +146,14 @@ func (f Filter) check(needSubscriber bool) (params, error) {
 // likeEscaper makes text match itself under LIKE's default escape '\'.
 var likeEscaper = strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
 
+// checkSubscriber accepts a subscriber name or Relay.
+func checkSubscriber(name string) error {
+	if name == Relay {
+		return nil
+	}
+	return postbox.ValidateName("subscriber", name)
+}
+
 func checkText(field, s string) error {
 	switch {
 	case len(s) > maxTextBytes:
@@ -187,7 +203,7 @@ func List(ctx context.Context, dbtx postbox.DBTX, f Filter) ([]DeadLetter, error
 // Get returns the subscriber's dead letter with message ID id, or an error
 // matching ErrNotFound.
 func Get(ctx context.Context, dbtx postbox.DBTX, subscriber string, id uuid.UUID) (DeadLetter, error) {
-	if err := postbox.ValidateName("subscriber", subscriber); err != nil {
+	if err := checkSubscriber(subscriber); err != nil {
 		return DeadLetter{}, fmt.Errorf("dlq: get: %w", err)
 	}
 	r, err := db.New(dbtx).GetDeadLetter(ctx, db.GetDeadLetterParams{Subscriber: subscriber, MessageID: id})
@@ -205,11 +221,15 @@ func Get(ctx context.Context, dbtx postbox.DBTX, subscriber string, id uuid.UUID
 }
 
 // Replay makes up to f.Limit of f.Subscriber's dead letters matching f
-// pending again, oldest dead first, and returns how many. Each gets its
-// attempts reset to zero, its replay count raised by one, the headers
-// x-replayed-at and x-replay-count, and a row in postbox.replays. Replay runs
+// pending again, in their original order, and returns how many. Each gets
+// its attempts reset to zero, its replay count raised by one, the headers
+// x-replayed-at and x-replay-count, and a row in postbox.replays; it is
+// handled before its key's later messages that are still pending, so a
+// key keeps its order. A letter whose key has an earlier dead letter that f
+// leaves behind is not replayed (Count says how many will be). Replay runs
 // postbox.replay_dead_letters, so it does exactly what the SQL call does.
-// Through a transaction, the replay commits with it.
+// Through a transaction, the replay commits with it. Letters of Relay go
+// back into the outbox.
 func Replay(ctx context.Context, dbtx postbox.DBTX, f Filter) (int, error) {
 	p, err := f.check(true)
 	if err != nil {
@@ -237,9 +257,23 @@ func Purge(ctx context.Context, dbtx postbox.DBTX, f Filter) (int, error) {
 	return int(n), nil
 }
 
-// Count returns how many dead letters Replay or Purge with f would touch
-// now, without touching any: a dry run. f is validated as for Replay.
+// Count returns how many dead letters Replay with f would replay now,
+// without touching any: a dry run. f is validated as for Replay.
 func Count(ctx context.Context, dbtx postbox.DBTX, f Filter) (int, error) {
+	p, err := f.check(true)
+	if err != nil {
+		return 0, fmt.Errorf("dlq: count: %w", err)
+	}
+	n, err := db.New(dbtx).CountReplayable(ctx, db.CountReplayableParams(p.forFunction()))
+	if err != nil {
+		return 0, fmt.Errorf("dlq: count %s: %w", f.Subscriber, err)
+	}
+	return int(n), nil
+}
+
+// CountPurge returns how many dead letters Purge with f would delete now,
+// without deleting any: a dry run.
+func CountPurge(ctx context.Context, dbtx postbox.DBTX, f Filter) (int, error) {
 	p, err := f.check(true)
 	if err != nil {
 		return 0, fmt.Errorf("dlq: count: %w", err)
@@ -287,15 +321,13 @@ func fromRow(r db.GetDeadLetterRow) (DeadLetter, error) {
 		Attempts:    int(r.Attempts),
 		ReplayCount: int(r.ReplayCount),
 		CreatedAt:   r.CreatedAt,
+		DeadAt:      r.DeadAt,
 	}
 	if r.Key != nil {
 		d.Key = *r.Key
 	}
 	if r.LastError != nil {
 		d.LastError = *r.LastError
-	}
-	if r.DeadAt != nil {
-		d.DeadAt = *r.DeadAt
 	}
 	h, err := headers.Decode(r.Headers)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/postbox-dev/postbox"
@@ -108,3 +109,60 @@ type ownedTx struct{ pgx.Tx }
 
 func (ownedTx) Commit(context.Context) error   { return ErrTxOwned }
 func (ownedTx) Rollback(context.Context) error { return ErrTxOwned }
+
+// BatchHandler handles all deliveries of a batch in one call, through the
+// batch's transaction: one multi-row INSERT of effects instead of one
+// statement per delivery, for those who want the raw ceiling. Deliveries
+// come in the order they must be handled (per key, publish order).
+//
+// Returning nil means every delivery is handled: its effects commit with
+// the mark. To fail some of them, return a *BatchError naming them: the
+// consumer rolls back the call's effects and calls HandleBatch again with
+// the others (leaving out later deliveries of a failed delivery's key,
+// which wait behind it), so a failed delivery's effects never commit. Any
+// other error fails the call as a whole: the consumer then halves the batch
+// until the deliveries that fail alone are found; only those are charged an
+// attempt. Retries, backoff, dead letters, per-key order and deduplication
+// are those of Handler.
+//
+// HandleBatch may be called several times for one batch, with fewer
+// deliveries each time; it must not commit or roll back tx.
+type BatchHandler interface {
+	HandleBatch(ctx context.Context, tx pgx.Tx, batch []*Delivery) error
+}
+
+// BatchHandlerFunc adapts a function to BatchHandler.
+type BatchHandlerFunc func(ctx context.Context, tx pgx.Tx, batch []*Delivery) error
+
+// HandleBatch calls f.
+func (f BatchHandlerFunc) HandleBatch(ctx context.Context, tx pgx.Tx, batch []*Delivery) error {
+	return f(ctx, tx, batch)
+}
+
+// BatchError reports which deliveries of a HandleBatch call failed, and
+// why; the others succeeded. Errors may be postbox.Permanent.
+type BatchError struct {
+	Failed map[uuid.UUID]error
+}
+
+func (e *BatchError) Error() string {
+	return fmt.Sprintf("inbox: %d deliveries of the batch failed", len(e.Failed))
+}
+
+// Fail records that the delivery with ID id failed with err, creating the
+// map on first use: errs := &inbox.BatchError{}; errs.Fail(d.ID, err).
+func (e *BatchError) Fail(id uuid.UUID, err error) {
+	if e.Failed == nil {
+		e.Failed = make(map[uuid.UUID]error)
+	}
+	e.Failed[id] = err
+}
+
+// Err returns e when it names a failed delivery and nil otherwise, so that
+// a handler can end with return errs.Err().
+func (e *BatchError) Err() error {
+	if e == nil || len(e.Failed) == 0 {
+		return nil
+	}
+	return e
+}

@@ -64,11 +64,17 @@ func (o Outbox) Send(ctx context.Context, dbtx postbox.DBTX, msg *postbox.Messag
 }
 
 func (o Outbox) insert(ctx context.Context, dbtx postbox.DBTX, msg *postbox.Message, queue bool) error {
-	row, err := o.prepare(ctx, msg, queue)
+	r, err := o.prepare(ctx, msg, queue)
 	if err != nil {
 		return err
 	}
-	if err := db.New(dbtx).InsertOutbox(ctx, db.InsertOutboxParams(row)); err != nil {
+	slot := slotAt(time.Now())
+	sql := insertSQL[slot]
+	if r.Key != nil {
+		sql = insertKeyedSQL[slot]
+	}
+	if _, err := dbtx.Exec(ctx, sql, r.MessageID, r.KeyHash, r.IsQueue, r.Topic, r.Type, r.Key,
+		r.Payload, r.Headers, r.DeliverAt); err != nil {
 		return fmt.Errorf("outbox: insert message %s: %w", msg.ID, err)
 	}
 	return nil
@@ -87,8 +93,9 @@ func (o Outbox) SendBatch(ctx context.Context, dbtx postbox.DBTX, msgs []*postbo
 }
 
 func (o Outbox) copy(ctx context.Context, dbtx postbox.DBTX, msgs []*postbox.Message, queue bool) error {
-	rows := make([]db.CopyOutboxParams, len(msgs))
+	rows := make([]row, len(msgs))
 	seen := make(map[uuid.UUID]int, len(msgs))
+	var keyHashes []int32
 	for i, msg := range msgs {
 		row, err := o.prepare(ctx, msg, queue)
 		if err != nil {
@@ -101,9 +108,20 @@ func (o Outbox) copy(ctx context.Context, dbtx postbox.DBTX, msgs []*postbox.Mes
 				Field: "ID", Reason: fmt.Sprintf("%s is also message %d of the batch", msg.ID, j)})
 		}
 		seen[msg.ID] = i
-		rows[i] = db.CopyOutboxParams(row)
+		rows[i] = row
+		if row.Key != nil {
+			keyHashes = append(keyHashes, row.KeyHash)
+		}
 	}
-	n, err := db.New(dbtx).CopyOutbox(ctx, rows)
+	if len(keyHashes) > 0 {
+		// Per-key order, as for Publish: the keys' locks (sorted, in one
+		// statement) before COPY draws the ids.
+		if err := db.New(dbtx).LockKeys(ctx, keyHashes); err != nil {
+			return fmt.Errorf("outbox: lock keys: %w", err)
+		}
+	}
+	slot := slotAt(time.Now())
+	n, err := dbtx.CopyFrom(ctx, slotTable[slot], copyColumns, &copySource{rows: rows, slot: int16(slot)})
 	if err != nil {
 		return fmt.Errorf("outbox: copy %d messages: %w", len(msgs), err)
 	}
@@ -113,8 +131,7 @@ func (o Outbox) copy(ctx context.Context, dbtx postbox.DBTX, msgs []*postbox.Mes
 	return nil
 }
 
-// row is the outbox row for one message; both generated parameter structs
-// convert from it.
+// row is the outbox row for one message.
 type row struct {
 	MessageID pgtype.UUID
 	KeyHash   int32
@@ -180,6 +197,25 @@ func (o Outbox) prepare(ctx context.Context, msg *postbox.Message, queue bool) (
 	}
 	return r, nil
 }
+
+// copySource feeds rows to CopyFrom in copyColumns' order.
+type copySource struct {
+	rows []row
+	slot int16
+	at   int
+}
+
+func (c *copySource) Next() bool {
+	c.at++
+	return c.at <= len(c.rows)
+}
+
+func (c *copySource) Values() ([]any, error) {
+	r := &c.rows[c.at-1]
+	return []any{c.slot, r.MessageID, r.KeyHash, r.IsQueue, r.Topic, r.Type, r.Key, r.Payload, r.Headers, r.DeliverAt}, nil
+}
+
+func (c *copySource) Err() error { return nil }
 
 // correlate carries the conversation from cause to msg: msg gets cause's
 // correlation ID and names cause as its causation, unless msg sets them.

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -10,26 +11,80 @@ import (
 	"github.com/postbox-dev/postbox/dispatcher"
 	"github.com/postbox-dev/postbox/internal/db"
 	"github.com/postbox-dev/postbox/internal/headers"
+	"github.com/postbox-dev/postbox/internal/pgtext"
 )
 
-// sinkOnce hands one batch to the Sink: claim under the relay-partition
-// locks, deliver, delete, commit. A failed Deliver rolls back, so the batch
-// stays in the outbox for the next try.
+// sinkState is where the Sink path is: the next relay partition to try,
+// and the message that failed alone last and how often.
+type sinkState struct {
+	next     int
+	failedID int64
+	failures int
+}
+
+// maxSinkAttempts bounds how often one message is handed to a sink that
+// refuses it alone before it is quarantined (a dead letter of "_relay").
+const maxSinkAttempts = 10
+
+// sinkOnce hands one batch of one relay partition to the Sink. The
+// partition is held with a session lock on a connection of its own while
+// the sink delivers, so no transaction stays open across network I/O (a
+// hung sink never holds back vacuum), and a sink that hangs holds only that
+// partition: other relays move the rest. Rows are deleted only after
+// Deliver returned nil; a Deliver that fails or times out leaves them for
+// the next try, so delivery is at least once and a message ID may reach the
+// sink again (a sink that deduplicates by ID makes that harmless).
 func (r *Relay) sinkOnce(ctx context.Context) (Result, error) {
-	tx, err := r.pool.Begin(ctx)
+	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		r.errs.Add(1)
-		return Result{}, fmt.Errorf("relay: sink: begin: %w", err)
+		return Result{}, fmt.Errorf("relay: sink: acquire: %w", err)
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
-	q := db.New(tx)
-	rows, err := q.ClaimForSink(ctx, int32(r.cfg.BatchSize))
+	defer conn.Release()
+	q := db.New(conn)
+	for range partitions {
+		part := r.sink.next
+		r.sink.next = (r.sink.next + 1) % partitions
+		locked, err := q.TryLockRelayPartition(ctx, int32(part))
+		if err != nil {
+			r.errs.Add(1)
+			return Result{}, fmt.Errorf("relay: sink: lock partition %d: %w", part, err)
+		}
+		if !locked {
+			continue // another relay has it
+		}
+		res, err := r.sinkPartition(ctx, q, part)
+		if _, uerr := q.UnlockRelayPartition(context.WithoutCancel(ctx), int32(part)); uerr != nil {
+			// The lock must not outlive this use of the connection.
+			_ = conn.Conn().Close(context.WithoutCancel(ctx))
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				r.errs.Add(1)
+			}
+			return Result{}, err
+		}
+		r.count(res)
+		if res.Claimed > 0 {
+			return res, nil
+		}
+	}
+	r.lastOK.Store(time.Now().UnixNano())
+	return Result{}, nil
+}
+
+func (r *Relay) sinkPartition(ctx context.Context, q *db.Queries, part int) (Result, error) {
+	cleared, err := r.horizon.check(ctx, q)
 	if err != nil {
-		r.errs.Add(1)
-		return Result{}, fmt.Errorf("relay: sink: claim: %w", err)
+		return Result{}, fmt.Errorf("relay: sink: horizon: %w", err)
+	}
+	after := r.marks[part]
+	rows, err := q.SinkClaim(ctx, db.SinkClaimParams{Part: int32(part), AfterID: after, BatchSize: int32(r.size)})
+	if err != nil {
+		return Result{}, fmt.Errorf("relay: sink: claim partition %d: %w", part, err)
 	}
 	if len(rows) == 0 {
-		return Result{}, tx.Commit(ctx)
+		return Result{}, nil
 	}
 	batch := make([]dispatcher.Envelope, len(rows))
 	ids := make([]int64, len(rows))
@@ -37,22 +92,52 @@ func (r *Relay) sinkOnce(ctx context.Context) (Result, error) {
 		batch[i] = envelope(row)
 		ids[i] = row.ID
 	}
-	if err := r.cfg.Sink.Deliver(ctx, batch); err != nil {
-		r.errs.Add(1)
-		return Result{}, fmt.Errorf("relay: sink: deliver %d messages: %w", len(batch), err)
+	dctx, cancel := context.WithTimeout(ctx, r.cfg.SinkTimeout)
+	err = r.cfg.Sink.Deliver(dctx, batch)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return Result{}, ctx.Err()
+		}
+		return r.sinkFailed(ctx, q, rows, err)
 	}
-	if _, err := q.DeleteOutbox(ctx, ids); err != nil {
-		r.errs.Add(1)
-		return Result{}, fmt.Errorf("relay: sink: delete: %w", err)
+	r.sink.failures = 0
+	full := len(rows) >= r.size
+	r.size = min(2*r.size, r.cfg.BatchSize)
+	if _, err := q.DeleteOutbox(context.WithoutCancel(ctx), ids); err != nil {
+		return Result{}, fmt.Errorf("relay: sink: delete %d delivered messages: %w", len(ids), err)
 	}
-	if err := tx.Commit(ctx); err != nil {
-		r.errs.Add(1)
-		return Result{}, fmt.Errorf("relay: sink: commit: %w", err)
+	r.marks.advance([]int16{int16(part)}, cleared, full, ids[len(ids)-1])
+	return Result{Claimed: len(rows), Delivered: len(rows), More: full}, nil
+}
+
+// sinkFailed handles a Deliver error: a batch that keeps failing is tried
+// smaller, so one message the sink refuses cannot hold back the others;
+// that message, once alone, is handed over at most maxSinkAttempts times
+// and then quarantined.
+func (r *Relay) sinkFailed(ctx context.Context, q *db.Queries, rows []db.PostboxOutbox, err error) (Result, error) {
+	err = fmt.Errorf("relay: sink: deliver %d messages: %w", len(rows), err)
+	if len(rows) > 1 {
+		r.size = max(1, r.size/2)
+		return Result{}, err
 	}
-	r.batches.Add(1)
-	r.claimed.Add(int64(len(rows)))
-	r.delivered.Add(int64(len(rows)))
-	return Result{Claimed: len(rows), Delivered: len(rows)}, nil
+	if r.sink.failedID != rows[0].ID {
+		r.sink.failedID, r.sink.failures = rows[0].ID, 0
+	}
+	r.sink.failures++
+	if r.sink.failures < maxSinkAttempts {
+		return Result{}, err
+	}
+	moved, qerr := q.QuarantineOutbox(context.WithoutCancel(ctx), db.QuarantineOutboxParams{
+		ID: rows[0].ID, Error: pgtext.Clean(err.Error(), pgtext.MaxErrorBytes)})
+	if qerr != nil || !moved {
+		return Result{}, err
+	}
+	r.cfg.Logger.Error("relay quarantined a message the sink refused; it is a dead letter of _relay",
+		"outbox_id", rows[0].ID, "message_id", uuid.UUID(rows[0].MessageID.Bytes), "attempts", r.sink.failures, "err", err)
+	r.sink.failures = 0
+	r.size = r.cfg.BatchSize
+	return Result{Quarantined: 1}, nil
 }
 
 func envelope(row db.PostboxOutbox) dispatcher.Envelope {

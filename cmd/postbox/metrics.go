@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -144,7 +145,7 @@ func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 	defer cancel()
 	q := db.New(c.pool)
-	backlog, err := q.OutboxBacklog(ctx)
+	backlog, err := q.OutboxBacklog(ctx, math.MaxInt32)
 	var depths []db.QueueDepthsRow
 	if err == nil {
 		depths, err = q.QueueDepths(ctx)

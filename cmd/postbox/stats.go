@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 
 	"github.com/postbox-dev/postbox/internal/db"
 )
@@ -59,7 +60,7 @@ Counting reads every inbox row: on a very large backlog it takes a while.`)
 	if err != nil {
 		return fmt.Errorf("stats: queue depths: %w", err)
 	}
-	backlog, err := q.OutboxBacklog(ctx)
+	backlog, err := q.OutboxBacklog(ctx, math.MaxInt32)
 	if err != nil {
 		return fmt.Errorf("stats: outbox backlog: %w", err)
 	}

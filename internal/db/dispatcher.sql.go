@@ -10,29 +10,30 @@ import (
 	"time"
 )
 
-const checkJSONPath = `-- name: CheckJSONPath :exec
+const CheckJSONPath = `-- name: CheckJSONPath :exec
 SELECT $1::text::jsonpath
 `
 
 // Parses a filter without storing it, so a malformed one is rejected before
 // anything is written.
 func (q *Queries) CheckJSONPath(ctx context.Context, filter string) error {
-	_, err := q.db.Exec(ctx, checkJSONPath, filter)
+	_, err := q.db.Exec(ctx, CheckJSONPath, filter)
 	return err
 }
 
-const declareSubscriber = `-- name: DeclareSubscriber :one
+const DeclareSubscriber = `-- name: DeclareSubscriber :one
 INSERT INTO postbox.subscribers AS s (name, kind, partitions, max_attempts, backoff_initial,
-                                      backoff_max, backoff_multiplier, retention)
+                                      backoff_max, backoff_multiplier, retention, key_on_dead)
 VALUES ($1, $2, $3, $4, $5, $6,
-        $7, $8)
+        $7, $8, $9)
 ON CONFLICT (name) DO UPDATE
 SET partitions = excluded.partitions,
     max_attempts = excluded.max_attempts,
     backoff_initial = excluded.backoff_initial,
     backoff_max = excluded.backoff_max,
     backoff_multiplier = excluded.backoff_multiplier,
-    retention = excluded.retention
+    retention = excluded.retention,
+    key_on_dead = excluded.key_on_dead
 WHERE s.kind = excluded.kind
 RETURNING name
 `
@@ -46,12 +47,13 @@ type DeclareSubscriberParams struct {
 	BackoffMax        time.Duration
 	BackoffMultiplier float64
 	Retention         time.Duration
+	KeyOnDead         string
 }
 
 // Creates the subscriber or updates its settings. Returns no row when a
 // subscriber of that name exists with the other kind.
 func (q *Queries) DeclareSubscriber(ctx context.Context, arg DeclareSubscriberParams) (string, error) {
-	row := q.db.QueryRow(ctx, declareSubscriber,
+	row := q.db.QueryRow(ctx, DeclareSubscriber,
 		arg.Name,
 		arg.Kind,
 		arg.Partitions,
@@ -60,25 +62,26 @@ func (q *Queries) DeclareSubscriber(ctx context.Context, arg DeclareSubscriberPa
 		arg.BackoffMax,
 		arg.BackoffMultiplier,
 		arg.Retention,
+		arg.KeyOnDead,
 	)
 	var name string
 	err := row.Scan(&name)
 	return name, err
 }
 
-const deleteSubscriber = `-- name: DeleteSubscriber :execrows
+const DeleteSubscriber = `-- name: DeleteSubscriber :execrows
 DELETE FROM postbox.subscribers WHERE name = $1
 `
 
 func (q *Queries) DeleteSubscriber(ctx context.Context, name string) (int64, error) {
-	result, err := q.db.Exec(ctx, deleteSubscriber, name)
+	result, err := q.db.Exec(ctx, DeleteSubscriber, name)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
 }
 
-const deleteSubscription = `-- name: DeleteSubscription :execrows
+const DeleteSubscription = `-- name: DeleteSubscription :execrows
 DELETE FROM postbox.subscriptions WHERE subscriber = $1 AND topic_pattern = $2
 `
 
@@ -88,14 +91,14 @@ type DeleteSubscriptionParams struct {
 }
 
 func (q *Queries) DeleteSubscription(ctx context.Context, arg DeleteSubscriptionParams) (int64, error) {
-	result, err := q.db.Exec(ctx, deleteSubscription, arg.Subscriber, arg.TopicPattern)
+	result, err := q.db.Exec(ctx, DeleteSubscription, arg.Subscriber, arg.TopicPattern)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
 }
 
-const ensureTopicSubscriber = `-- name: EnsureTopicSubscriber :one
+const EnsureTopicSubscriber = `-- name: EnsureTopicSubscriber :one
 WITH ins AS (
     INSERT INTO postbox.subscribers (name, kind) VALUES ($1, 'topic')
     ON CONFLICT (name) DO NOTHING
@@ -110,18 +113,18 @@ LIMIT 1
 // Creates a topic subscriber with default settings if there is none, and
 // returns the kind of the subscriber of that name.
 func (q *Queries) EnsureTopicSubscriber(ctx context.Context, name string) (string, error) {
-	row := q.db.QueryRow(ctx, ensureTopicSubscriber, name)
+	row := q.db.QueryRow(ctx, EnsureTopicSubscriber, name)
 	var kind string
 	err := row.Scan(&kind)
 	return kind, err
 }
 
-const getSubscriber = `-- name: GetSubscriber :one
-SELECT name, kind, partitions, max_attempts, backoff_initial, backoff_max, backoff_multiplier, retention, created_at FROM postbox.subscribers WHERE name = $1
+const GetSubscriber = `-- name: GetSubscriber :one
+SELECT name, kind, partitions, max_attempts, backoff_initial, backoff_max, backoff_multiplier, retention, created_at, key_on_dead FROM postbox.subscribers WHERE name = $1
 `
 
 func (q *Queries) GetSubscriber(ctx context.Context, name string) (PostboxSubscriber, error) {
-	row := q.db.QueryRow(ctx, getSubscriber, name)
+	row := q.db.QueryRow(ctx, GetSubscriber, name)
 	var i PostboxSubscriber
 	err := row.Scan(
 		&i.Name,
@@ -133,16 +136,17 @@ func (q *Queries) GetSubscriber(ctx context.Context, name string) (PostboxSubscr
 		&i.BackoffMultiplier,
 		&i.Retention,
 		&i.CreatedAt,
+		&i.KeyOnDead,
 	)
 	return i, err
 }
 
-const listSubscribers = `-- name: ListSubscribers :many
-SELECT name, kind, partitions, max_attempts, backoff_initial, backoff_max, backoff_multiplier, retention, created_at FROM postbox.subscribers ORDER BY name
+const ListSubscribers = `-- name: ListSubscribers :many
+SELECT name, kind, partitions, max_attempts, backoff_initial, backoff_max, backoff_multiplier, retention, created_at, key_on_dead FROM postbox.subscribers ORDER BY name
 `
 
 func (q *Queries) ListSubscribers(ctx context.Context) ([]PostboxSubscriber, error) {
-	rows, err := q.db.Query(ctx, listSubscribers)
+	rows, err := q.db.Query(ctx, ListSubscribers)
 	if err != nil {
 		return nil, err
 	}
@@ -160,6 +164,7 @@ func (q *Queries) ListSubscribers(ctx context.Context) ([]PostboxSubscriber, err
 			&i.BackoffMultiplier,
 			&i.Retention,
 			&i.CreatedAt,
+			&i.KeyOnDead,
 		); err != nil {
 			return nil, err
 		}
@@ -171,7 +176,7 @@ func (q *Queries) ListSubscribers(ctx context.Context) ([]PostboxSubscriber, err
 	return items, nil
 }
 
-const listSubscriptions = `-- name: ListSubscriptions :many
+const ListSubscriptions = `-- name: ListSubscriptions :many
 SELECT subscriber, topic_pattern, coalesce(filter::text, '')::text AS filter, created_at
 FROM postbox.subscriptions
 ORDER BY subscriber, topic_pattern
@@ -185,7 +190,7 @@ type ListSubscriptionsRow struct {
 }
 
 func (q *Queries) ListSubscriptions(ctx context.Context) ([]ListSubscriptionsRow, error) {
-	rows, err := q.db.Query(ctx, listSubscriptions)
+	rows, err := q.db.Query(ctx, ListSubscriptions)
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +214,7 @@ func (q *Queries) ListSubscriptions(ctx context.Context) ([]ListSubscriptionsRow
 	return items, nil
 }
 
-const upsertSubscription = `-- name: UpsertSubscription :exec
+const UpsertSubscription = `-- name: UpsertSubscription :exec
 INSERT INTO postbox.subscriptions (subscriber, topic_pattern, topic_regex, filter)
 VALUES ($1, $2, $3, $4::jsonpath)
 ON CONFLICT (subscriber, topic_pattern) DO UPDATE
@@ -224,7 +229,7 @@ type UpsertSubscriptionParams struct {
 }
 
 func (q *Queries) UpsertSubscription(ctx context.Context, arg UpsertSubscriptionParams) error {
-	_, err := q.db.Exec(ctx, upsertSubscription,
+	_, err := q.db.Exec(ctx, UpsertSubscription,
 		arg.Subscriber,
 		arg.TopicPattern,
 		arg.TopicRegex,

@@ -12,7 +12,7 @@ import (
 	"github.com/google/uuid"
 )
 
-const countDeadLetters = `-- name: CountDeadLetters :one
+const CountDeadLetters = `-- name: CountDeadLetters :one
 SELECT count(*)::integer AS n
 FROM postbox.select_dead_letters(
     $1::text,
@@ -34,10 +34,10 @@ type CountDeadLettersParams struct {
 	MaxRows    int32
 }
 
-// How many dead letters postbox.replay_dead_letters or
-// postbox.purge_dead_letters would touch with the same arguments (dry run).
+// How many dead letters postbox.purge_dead_letters would delete with the
+// same arguments (a dry run).
 func (q *Queries) CountDeadLetters(ctx context.Context, arg CountDeadLettersParams) (int32, error) {
-	row := q.db.QueryRow(ctx, countDeadLetters,
+	row := q.db.QueryRow(ctx, CountDeadLetters,
 		arg.Subscriber,
 		arg.MessageIds,
 		arg.ErrorLike,
@@ -51,11 +51,51 @@ func (q *Queries) CountDeadLetters(ctx context.Context, arg CountDeadLettersPara
 	return n, err
 }
 
-const getDeadLetter = `-- name: GetDeadLetter :one
+const CountReplayable = `-- name: CountReplayable :one
+SELECT count(*)::integer AS n
+FROM postbox.replayable_dead_letters(
+    $1::text,
+    $2::uuid[],
+    $3::text,
+    $4::text,
+    $5::timestamptz,
+    $6::timestamptz,
+    $7::integer)
+`
+
+type CountReplayableParams struct {
+	Subscriber string
+	MessageIds []uuid.UUID
+	ErrorLike  *string
+	TypeName   *string
+	DeadSince  *time.Time
+	DeadUntil  *time.Time
+	MaxRows    int32
+}
+
+// How many dead letters postbox.replay_dead_letters would replay with the
+// same arguments (a dry run): letters held back behind an earlier dead
+// letter of their key are not counted.
+func (q *Queries) CountReplayable(ctx context.Context, arg CountReplayableParams) (int32, error) {
+	row := q.db.QueryRow(ctx, CountReplayable,
+		arg.Subscriber,
+		arg.MessageIds,
+		arg.ErrorLike,
+		arg.TypeName,
+		arg.DeadSince,
+		arg.DeadUntil,
+		arg.MaxRows,
+	)
+	var n int32
+	err := row.Scan(&n)
+	return n, err
+}
+
+const GetDeadLetter = `-- name: GetDeadLetter :one
 SELECT d.subscriber, d.message_id, d.topic, d.type, d.key, d.attempts, d.replay_count,
        d.last_error, d.created_at, d.dead_at, d.headers, d.payload
-FROM postbox.inbox d
-WHERE d.status = 'dead' AND d.subscriber = $1 AND d.message_id = $2
+FROM postbox.dead_letters d
+WHERE d.subscriber = $1 AND d.message_id = $2
 `
 
 type GetDeadLetterParams struct {
@@ -73,14 +113,14 @@ type GetDeadLetterRow struct {
 	ReplayCount int32
 	LastError   *string
 	CreatedAt   time.Time
-	DeadAt      *time.Time
+	DeadAt      time.Time
 	Headers     []byte
 	Payload     []byte
 }
 
-// One dead letter; no row when it is missing or not dead.
+// One dead letter; no row when it is missing.
 func (q *Queries) GetDeadLetter(ctx context.Context, arg GetDeadLetterParams) (GetDeadLetterRow, error) {
-	row := q.db.QueryRow(ctx, getDeadLetter, arg.Subscriber, arg.MessageID)
+	row := q.db.QueryRow(ctx, GetDeadLetter, arg.Subscriber, arg.MessageID)
 	var i GetDeadLetterRow
 	err := row.Scan(
 		&i.Subscriber,
@@ -99,7 +139,7 @@ func (q *Queries) GetDeadLetter(ctx context.Context, arg GetDeadLetterParams) (G
 	return i, err
 }
 
-const listDeadLetters = `-- name: ListDeadLetters :many
+const ListDeadLetters = `-- name: ListDeadLetters :many
 SELECT d.subscriber, d.message_id, d.topic, d.type, d.key, d.attempts, d.replay_count,
        d.last_error, d.created_at, d.dead_at, d.headers, d.payload
 FROM postbox.select_dead_letters(
@@ -132,16 +172,16 @@ type ListDeadLettersRow struct {
 	ReplayCount int32
 	LastError   *string
 	CreatedAt   time.Time
-	DeadAt      *time.Time
+	DeadAt      time.Time
 	Headers     []byte
 	Payload     []byte
 }
 
 // Dead letters matching the filter, oldest dead first; a NULL argument means
 // "any" (subscriber NULL: every subscriber). The selection is
-// postbox.select_dead_letters, the same that replay and purge use.
+// postbox.select_dead_letters, the same that purge uses.
 func (q *Queries) ListDeadLetters(ctx context.Context, arg ListDeadLettersParams) ([]ListDeadLettersRow, error) {
-	rows, err := q.db.Query(ctx, listDeadLetters,
+	rows, err := q.db.Query(ctx, ListDeadLetters,
 		arg.Subscriber,
 		arg.MessageIds,
 		arg.ErrorLike,
@@ -181,7 +221,7 @@ func (q *Queries) ListDeadLetters(ctx context.Context, arg ListDeadLettersParams
 	return items, nil
 }
 
-const purgeDeadLetters = `-- name: PurgeDeadLetters :one
+const PurgeDeadLetters = `-- name: PurgeDeadLetters :one
 SELECT postbox.purge_dead_letters(
     $1::text,
     $2::uuid[],
@@ -204,7 +244,7 @@ type PurgeDeadLettersParams struct {
 
 // Go purges through the SQL function, as for replay.
 func (q *Queries) PurgeDeadLetters(ctx context.Context, arg PurgeDeadLettersParams) (int32, error) {
-	row := q.db.QueryRow(ctx, purgeDeadLetters,
+	row := q.db.QueryRow(ctx, PurgeDeadLetters,
 		arg.Subscriber,
 		arg.MessageIds,
 		arg.ErrorLike,
@@ -218,7 +258,7 @@ func (q *Queries) PurgeDeadLetters(ctx context.Context, arg PurgeDeadLettersPara
 	return purged, err
 }
 
-const replayDeadLetters = `-- name: ReplayDeadLetters :one
+const ReplayDeadLetters = `-- name: ReplayDeadLetters :one
 SELECT postbox.replay_dead_letters(
     $1::text,
     $2::uuid[],
@@ -242,7 +282,7 @@ type ReplayDeadLettersParams struct {
 // Go replays through the SQL function, so Go, the binary and psql share one
 // implementation.
 func (q *Queries) ReplayDeadLetters(ctx context.Context, arg ReplayDeadLettersParams) (int32, error) {
-	row := q.db.QueryRow(ctx, replayDeadLetters,
+	row := q.db.QueryRow(ctx, ReplayDeadLetters,
 		arg.Subscriber,
 		arg.MessageIds,
 		arg.ErrorLike,

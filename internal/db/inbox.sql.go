@@ -12,65 +12,59 @@ import (
 	"github.com/google/uuid"
 )
 
-const claimBatch = `-- name: ClaimBatch :many
-SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
-       i.payload, i.headers, i.created_at, i.available_at
-FROM (SELECT c.message_id, c.key, c.seq
-      FROM postbox.inbox c
-      WHERE c.subscriber = $1
-        AND c.status = 'pending'
-        AND c.available_at <= now()
-      ORDER BY c.available_at, c.seq
-      LIMIT $2::integer) cand
-JOIN postbox.inbox i ON i.subscriber = $1 AND i.message_id = cand.message_id
-WHERE i.status = 'pending'
-  AND i.available_at <= now()
-  AND (cand.key IS NULL OR NOT EXISTS (
-        SELECT 1 FROM postbox.inbox e
-        WHERE e.subscriber = $1
-          AND e.status = 'pending'
-          AND e.key = cand.key
-          AND e.seq < cand.seq))
-LIMIT $3::integer
-FOR UPDATE OF i SKIP LOCKED
+const ClaimBatch = `-- name: ClaimBatch :many
+SELECT c.source::text AS source, c.part::smallint AS part, c.next_seq::bigint AS next_seq,
+       c.epoch::bigint AS epoch, c.seq::bigint AS seq, c.message_id::uuid AS message_id,
+       c.key_hash::integer AS key_hash, c.attempts::integer AS attempts,
+       c.replay_count::integer AS replay_count, c.topic::text AS topic, c.type::text AS type,
+       coalesce(c.key, '')::text AS key, c.payload::bytea AS payload, c.headers::jsonb AS headers,
+       c.created_at::timestamptz AS created_at, c.available_at::timestamptz AS available_at,
+       c.blocked::boolean AS blocked, c.handled::boolean AS handled
+FROM postbox.claim_batch($1::text, $2::integer, $3::integer,
+                         $4::smallint[], $5::boolean) c
 `
 
 type ClaimBatchParams struct {
 	Subscriber string
-	ScanLimit  int32
 	BatchSize  int32
+	Start      int32
+	Skip       []int16
+	ParkOnDead bool
 }
 
 type ClaimBatchRow struct {
+	Source      string
+	Part        int16
+	NextSeq     int64
+	Epoch       int64
+	Seq         int64
 	MessageID   uuid.UUID
-	Seq         *int64
-	Partition   int32
+	KeyHash     int32
 	Attempts    int32
+	ReplayCount int32
 	Topic       string
 	Type        string
-	Key         *string
+	Key         string
 	Payload     []byte
 	Headers     []byte
 	CreatedAt   time.Time
 	AvailableAt time.Time
+	Blocked     bool
+	Handled     bool
 }
 
-// The fast path of a claim: looks at the scan_limit oldest available pending
-// deliveries of one subscriber, in age order, and locks up to batch_size of
-// them that may be handled now. A keyed delivery qualifies only when no
-// earlier pending delivery of its key exists (per-key order); rows locked by
-// other consumers are skipped. The scan limit bounds the cost when many of
-// the oldest rows wait behind their key's head (a few hot keys): then the
-// consumer fills the batch with WalkKeyHeads and ClaimByIDs.
-// Claiming writes nothing: attempts are counted only on failure, and a
-// handled row is deleted.
-// Checked again on the row itself: a consumer may have recorded a failure
-// (and a backoff) after this statement's snapshot, and the lock re-checks
-// only conditions on i.
-// No ORDER BY: candidates stream in age order through the nested loop, so
-// the scan stops as soon as batch_size rows are locked.
+// Up to batch_size deliveries that may be handled now, from order
+// partitions no other consumer works; see postbox.claim_batch. Runs outside
+// any transaction: it only reads (and its shared partition locks end with
+// the statement), so an empty claim writes nothing.
 func (q *Queries) ClaimBatch(ctx context.Context, arg ClaimBatchParams) ([]ClaimBatchRow, error) {
-	rows, err := q.db.Query(ctx, claimBatch, arg.Subscriber, arg.ScanLimit, arg.BatchSize)
+	rows, err := q.db.Query(ctx, ClaimBatch,
+		arg.Subscriber,
+		arg.BatchSize,
+		arg.Start,
+		arg.Skip,
+		arg.ParkOnDead,
+	)
 	if err != nil {
 		return nil, err
 	}
@@ -79,10 +73,15 @@ func (q *Queries) ClaimBatch(ctx context.Context, arg ClaimBatchParams) ([]Claim
 	for rows.Next() {
 		var i ClaimBatchRow
 		if err := rows.Scan(
-			&i.MessageID,
+			&i.Source,
+			&i.Part,
+			&i.NextSeq,
+			&i.Epoch,
 			&i.Seq,
-			&i.Partition,
+			&i.MessageID,
+			&i.KeyHash,
 			&i.Attempts,
+			&i.ReplayCount,
 			&i.Topic,
 			&i.Type,
 			&i.Key,
@@ -90,6 +89,8 @@ func (q *Queries) ClaimBatch(ctx context.Context, arg ClaimBatchParams) ([]Claim
 			&i.Headers,
 			&i.CreatedAt,
 			&i.AvailableAt,
+			&i.Blocked,
+			&i.Handled,
 		); err != nil {
 			return nil, err
 		}
@@ -101,221 +102,81 @@ func (q *Queries) ClaimBatch(ctx context.Context, arg ClaimBatchParams) ([]Claim
 	return items, nil
 }
 
-const claimByIDs = `-- name: ClaimByIDs :many
-SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
-       i.payload, i.headers, i.created_at, i.available_at
-FROM postbox.inbox i
-WHERE i.subscriber = $1
-  AND i.message_id = ANY ($2::uuid[])
-  AND i.status = 'pending'
-  AND i.available_at <= now()
-ORDER BY i.available_at, i.seq
-LIMIT $3::integer
-FOR UPDATE OF i SKIP LOCKED
+const FinishBatch = `-- name: FinishBatch :exec
+SELECT postbox.finish_batch(
+    $1::text,
+    $2::smallint[], $3::bigint[], $4::bigint[],
+    $5::uuid[], $6::uuid[],
+    $7::uuid[], $8::smallint[], $9::bigint[], $10::text[],
+    $11::integer[], $12::bigint[], $13::text[],
+    $14::uuid[], $15::integer[], $16::bigint[], $17::text[],
+    $18::uuid[], $19::boolean[], $20::smallint[], $21::bigint[],
+    $22::integer[], $23::text[],
+    $24::boolean, $25::integer)
 `
 
-type ClaimByIDsParams struct {
-	Subscriber string
-	MessageIds []uuid.UUID
-	BatchSize  int32
+type FinishBatchParams struct {
+	Subscriber    string
+	Parts         []int16
+	NextSeqs      []int64
+	Epochs        []int64
+	Done          []uuid.UUID
+	Unpark        []uuid.UUID
+	ParkIds       []uuid.UUID
+	ParkParts     []int16
+	ParkSeqs      []int64
+	ParkReasons   []string
+	ParkAttempts  []int32
+	ParkDelaysMs  []int64
+	ParkErrors    []string
+	RetryIds      []uuid.UUID
+	RetryAttempts []int32
+	RetryDelaysMs []int64
+	RetryErrors   []string
+	DeadIds       []uuid.UUID
+	DeadParked    []bool
+	DeadParts     []int16
+	DeadSeqs      []int64
+	DeadAttempts  []int32
+	DeadErrors    []string
+	ParkOnDead    bool
+	Run           int32
 }
 
-type ClaimByIDsRow struct {
-	MessageID   uuid.UUID
-	Seq         *int64
-	Partition   int32
-	Attempts    int32
-	Topic       string
-	Type        string
-	Key         *string
-	Payload     []byte
-	Headers     []byte
-	CreatedAt   time.Time
-	AvailableAt time.Time
-}
-
-// Locks the given deliveries (key heads found by WalkKeyHeads) that are still
-// pending and available, skipping rows other consumers hold.
-func (q *Queries) ClaimByIDs(ctx context.Context, arg ClaimByIDsParams) ([]ClaimByIDsRow, error) {
-	rows, err := q.db.Query(ctx, claimByIDs, arg.Subscriber, arg.MessageIds, arg.BatchSize)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var items []ClaimByIDsRow
-	for rows.Next() {
-		var i ClaimByIDsRow
-		if err := rows.Scan(
-			&i.MessageID,
-			&i.Seq,
-			&i.Partition,
-			&i.Attempts,
-			&i.Topic,
-			&i.Type,
-			&i.Key,
-			&i.Payload,
-			&i.Headers,
-			&i.CreatedAt,
-			&i.AvailableAt,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const claimKeyless = `-- name: ClaimKeyless :many
-SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
-       i.payload, i.headers, i.created_at, i.available_at
-FROM postbox.inbox i
-WHERE i.subscriber = $1
-  AND i.status = 'pending'
-  AND i.key IS NULL
-  AND i.available_at <= now()
-  -- rows this transaction already claimed: SKIP LOCKED does not skip them
-  AND i.message_id <> ALL ($2::uuid[])
-ORDER BY i.available_at, i.seq
-LIMIT $3::integer
-FOR UPDATE OF i SKIP LOCKED
-`
-
-type ClaimKeylessParams struct {
-	Subscriber string
-	Held       []uuid.UUID
-	BatchSize  int32
-}
-
-type ClaimKeylessRow struct {
-	MessageID   uuid.UUID
-	Seq         *int64
-	Partition   int32
-	Attempts    int32
-	Topic       string
-	Type        string
-	Key         *string
-	Payload     []byte
-	Headers     []byte
-	CreatedAt   time.Time
-	AvailableAt time.Time
-}
-
-// The oldest available deliveries without a key, which need no order check:
-// claimed on their own so that rows waiting behind a blocked key's head can
-// never hide them from the fast path's window.
-func (q *Queries) ClaimKeyless(ctx context.Context, arg ClaimKeylessParams) ([]ClaimKeylessRow, error) {
-	rows, err := q.db.Query(ctx, claimKeyless, arg.Subscriber, arg.Held, arg.BatchSize)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var items []ClaimKeylessRow
-	for rows.Next() {
-		var i ClaimKeylessRow
-		if err := rows.Scan(
-			&i.MessageID,
-			&i.Seq,
-			&i.Partition,
-			&i.Attempts,
-			&i.Topic,
-			&i.Type,
-			&i.Key,
-			&i.Payload,
-			&i.Headers,
-			&i.CreatedAt,
-			&i.AvailableAt,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const completeDeliveries = `-- name: CompleteDeliveries :exec
-WITH done AS (
-    DELETE FROM postbox.inbox d
-    WHERE d.subscriber = $1 AND d.message_id = ANY ($2::uuid[])
-    RETURNING d.subscriber AS done_subscriber, d.message_id AS done_message_id
-)
-INSERT INTO postbox.processed (subscriber, message_id)
-SELECT done_subscriber, done_message_id FROM done
-ON CONFLICT (subscriber, message_id) DO NOTHING
-`
-
-type CompleteDeliveriesParams struct {
-	Subscriber string
-	MessageIds []uuid.UUID
-}
-
-// Marks deliveries handled: removes them from the inbox and remembers their
-// IDs for the dedup window. Runs in the batch transaction, so it commits
-// together with the handlers' effects.
-func (q *Queries) CompleteDeliveries(ctx context.Context, arg CompleteDeliveriesParams) error {
-	_, err := q.db.Exec(ctx, completeDeliveries, arg.Subscriber, arg.MessageIds)
+// In the batch transaction, after the handlers: records the outcome; see
+// postbox.finish_batch.
+func (q *Queries) FinishBatch(ctx context.Context, arg FinishBatchParams) error {
+	_, err := q.db.Exec(ctx, FinishBatch,
+		arg.Subscriber,
+		arg.Parts,
+		arg.NextSeqs,
+		arg.Epochs,
+		arg.Done,
+		arg.Unpark,
+		arg.ParkIds,
+		arg.ParkParts,
+		arg.ParkSeqs,
+		arg.ParkReasons,
+		arg.ParkAttempts,
+		arg.ParkDelaysMs,
+		arg.ParkErrors,
+		arg.RetryIds,
+		arg.RetryAttempts,
+		arg.RetryDelaysMs,
+		arg.RetryErrors,
+		arg.DeadIds,
+		arg.DeadParked,
+		arg.DeadParts,
+		arg.DeadSeqs,
+		arg.DeadAttempts,
+		arg.DeadErrors,
+		arg.ParkOnDead,
+		arg.Run,
+	)
 	return err
 }
 
-const failDeliveries = `-- name: FailDeliveries :execrows
-UPDATE postbox.inbox i
-SET attempts = f.attempts,
-    last_error = f.error,
-    last_error_at = statement_timestamp(),
-    available_at = CASE WHEN f.dead THEN i.available_at
-                        ELSE statement_timestamp() + f.delay_ms * interval '1 millisecond' END,
-    status = CASE WHEN f.dead THEN 'dead' ELSE 'pending' END,
-    dead_at = CASE WHEN f.dead THEN statement_timestamp() END,
-    headers = CASE WHEN f.dead THEN coalesce(i.headers, '{}'::jsonb) || jsonb_build_object(
-                  'x-retry-count', f.attempts::text,
-                  'x-original-error', f.error,
-                  'x-moved-to-dlq-at', to_char(statement_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-              ELSE i.headers END
-FROM (SELECT unnest($2::uuid[]) AS message_id,
-             unnest($3::integer[]) AS attempts,
-             unnest($4::text[]) AS error,
-             unnest($5::bigint[]) AS delay_ms,
-             unnest($6::boolean[]) AS dead) f
-WHERE i.subscriber = $1 AND i.message_id = f.message_id AND i.status = 'pending'
-  -- an attempt already counted (by a retry of this statement) is not counted again
-  AND i.attempts < f.attempts
-`
-
-type FailDeliveriesParams struct {
-	Subscriber string
-	MessageIds []uuid.UUID
-	Attempts   []int32
-	Errors     []string
-	DelaysMs   []int64
-	Dead       []bool
-}
-
-// Records failed attempts: attempts, error, and either the next attempt
-// time or, when dead, the dead-letter headers. Times are this statement's,
-// not now() (the start of the batch transaction): the batch's handlers ran
-// in between, and a backoff counted from before them would be cut short by
-// however long they took.
-func (q *Queries) FailDeliveries(ctx context.Context, arg FailDeliveriesParams) (int64, error) {
-	result, err := q.db.Exec(ctx, failDeliveries,
-		arg.Subscriber,
-		arg.MessageIds,
-		arg.Attempts,
-		arg.Errors,
-		arg.DelaysMs,
-		arg.Dead,
-	)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
-}
-
-const markProcessed = `-- name: MarkProcessed :execrows
+const MarkProcessed = `-- name: MarkProcessed :execrows
 INSERT INTO postbox.processed (subscriber, message_id)
 VALUES ($1, $2)
 ON CONFLICT (subscriber, message_id) DO NOTHING
@@ -330,14 +191,33 @@ type MarkProcessedParams struct {
 // unique key makes check-and-mark one step: a concurrent claim of the same
 // ID waits for this transaction and then finds the row.
 func (q *Queries) MarkProcessed(ctx context.Context, arg MarkProcessedParams) (int64, error) {
-	result, err := q.db.Exec(ctx, markProcessed, arg.Subscriber, arg.MessageID)
+	result, err := q.db.Exec(ctx, MarkProcessed, arg.Subscriber, arg.MessageID)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
 }
 
-const processedAmong = `-- name: ProcessedAmong :many
+const OwnPartitions = `-- name: OwnPartitions :one
+SELECT postbox.own_partitions($1::text, $2::smallint[], $3::bigint[])::smallint[] AS parts
+`
+
+type OwnPartitionsParams struct {
+	Subscriber string
+	Parts      []int16
+	Epochs     []int64
+}
+
+// In the batch transaction: the claimed partitions this batch may work,
+// locked until it ends; see postbox.own_partitions.
+func (q *Queries) OwnPartitions(ctx context.Context, arg OwnPartitionsParams) ([]int16, error) {
+	row := q.db.QueryRow(ctx, OwnPartitions, arg.Subscriber, arg.Parts, arg.Epochs)
+	var parts []int16
+	err := row.Scan(&parts)
+	return parts, err
+}
+
+const ProcessedAmong = `-- name: ProcessedAmong :many
 SELECT message_id::uuid AS message_id
 FROM postbox.processed_among($1::text, $2::uuid[]) AS message_id
 `
@@ -347,11 +227,11 @@ type ProcessedAmongParams struct {
 	MessageIds []uuid.UUID
 }
 
-// Which of the claimed message IDs were handled within the dedup window:
-// duplicates that raced the relay's check. Run after the claim, in its
-// transaction; see postbox.processed_among.
+// Which of the given message IDs the subscriber handled within its dedup
+// window. The consumer asks after a batch hit a second copy of a handled
+// message (finish_batch's unique_violation); see postbox.processed_among.
 func (q *Queries) ProcessedAmong(ctx context.Context, arg ProcessedAmongParams) ([]uuid.UUID, error) {
-	rows, err := q.db.Query(ctx, processedAmong, arg.Subscriber, arg.MessageIds)
+	rows, err := q.db.Query(ctx, ProcessedAmong, arg.Subscriber, arg.MessageIds)
 	if err != nil {
 		return nil, err
 	}
@@ -370,79 +250,40 @@ func (q *Queries) ProcessedAmong(ctx context.Context, arg ProcessedAmongParams) 
 	return items, nil
 }
 
-const purgeProcessed = `-- name: PurgeProcessed :execrows
+const PurgeProcessed = `-- name: PurgeProcessed :execrows
 DELETE FROM postbox.processed p
 WHERE (p.subscriber, p.message_id) IN (
     SELECT pp.subscriber, pp.message_id
     FROM postbox.processed pp
     LEFT JOIN postbox.subscribers s ON s.name = pp.subscriber
-    WHERE pp.processed_at < now() - coalesce(s.retention, interval '7 days')
+    WHERE pp.processed_at < now() - coalesce(s.retention, postbox.default_retention())
       AND pp.processed_at < now() - least((SELECT min(retention) FROM postbox.subscribers),
-                                          interval '7 days')
+                                          postbox.default_retention())
     LIMIT $1::integer)
 `
 
 // Forgets handled message IDs older than their subscriber's dedup window,
 // at most batch_size of them. Subscribers that no longer exist, or never
-// were declared (HandleOnce), use the default window of 7 days. The second
+// were declared (HandleOnce), use postbox.default_retention(). The second
 // condition is the shortest window of all, a constant bound the BRIN index
 // on processed_at can use; it must include that default window, or IDs of
 // undeclared subscribers would be kept as long as the shortest declared one.
 func (q *Queries) PurgeProcessed(ctx context.Context, batchSize int32) (int64, error) {
-	result, err := q.db.Exec(ctx, purgeProcessed, batchSize)
+	result, err := q.db.Exec(ctx, PurgeProcessed, batchSize)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
 }
 
-const tryJanitorLock = `-- name: TryJanitorLock :one
+const TryJanitorLock = `-- name: TryJanitorLock :one
 SELECT pg_try_advisory_xact_lock(7306640421744685166) AS locked
 `
 
 // Only one janitor works at a time; the lock ends with the transaction.
 func (q *Queries) TryJanitorLock(ctx context.Context) (bool, error) {
-	row := q.db.QueryRow(ctx, tryJanitorLock)
+	row := q.db.QueryRow(ctx, TryJanitorLock)
 	var locked bool
 	err := row.Scan(&locked)
 	return locked, err
-}
-
-const walkKeyHeads = `-- name: WalkKeyHeads :many
-SELECT key::text AS key, message_id::uuid AS message_id, available::boolean AS available
-FROM postbox.walk_key_heads($1::text, $2::text, $3::integer)
-`
-
-type WalkKeyHeadsParams struct {
-	Subscriber string
-	AfterKey   string
-	VisitLimit int32
-}
-
-type WalkKeyHeadsRow struct {
-	Key       string
-	MessageID uuid.UUID
-	Available bool
-}
-
-// The head (earliest pending delivery) of each key after after_key, in key
-// order, at most visit_limit of them: see postbox.walk_key_heads.
-func (q *Queries) WalkKeyHeads(ctx context.Context, arg WalkKeyHeadsParams) ([]WalkKeyHeadsRow, error) {
-	rows, err := q.db.Query(ctx, walkKeyHeads, arg.Subscriber, arg.AfterKey, arg.VisitLimit)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var items []WalkKeyHeadsRow
-	for rows.Next() {
-		var i WalkKeyHeadsRow
-		if err := rows.Scan(&i.Key, &i.MessageID, &i.Available); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
 }

@@ -11,29 +11,47 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
+type OutboxV1Bad struct {
+	ID        int64
+	MessageID uuid.UUID
+	KeyHash   int32
+	IsQueue   bool
+	Topic     string
+	Type      string
+	Key       *string
+	Payload   []byte
+	Headers   []byte
+	CreatedAt time.Time
+	DeliverAt *time.Time
+}
+
 type PostboxDeadLetter struct {
 	Subscriber  string
 	MessageID   uuid.UUID
+	Part        int16
+	Seq         int64
+	KeyHash     int32
+	Attempts    int32
+	ReplayCount int32
+	IsQueue     bool
 	Topic       string
 	Type        string
 	Key         *string
-	Attempts    int32
-	ReplayCount int32
-	LastError   *string
-	CreatedAt   time.Time
-	DeadAt      *time.Time
-	Headers     []byte
 	Payload     []byte
+	Headers     []byte
+	CreatedAt   time.Time
+	EnqueuedAt  time.Time
+	LastError   *string
+	LastErrorAt *time.Time
+	DeadAt      time.Time
 }
 
 type PostboxInbox struct {
 	Subscriber  string
+	Part        int16
+	Seq         int64
 	MessageID   uuid.UUID
-	Seq         *int64
-	Partition   int32
-	Attempts    int32
-	ReplayCount int32
-	Status      string
+	KeyHash     int32
 	Topic       string
 	Type        string
 	Key         *string
@@ -42,13 +60,18 @@ type PostboxInbox struct {
 	AvailableAt time.Time
 	CreatedAt   time.Time
 	EnqueuedAt  time.Time
-	LastError   *string
-	LastErrorAt *time.Time
-	DeadAt      *time.Time
+}
+
+type PostboxInboxCursor struct {
+	Subscriber string
+	Part       int16
+	NextSeq    int64
+	Epoch      int64
 }
 
 type PostboxOutbox struct {
 	ID        int64
+	Slot      int16
 	MessageID pgtype.UUID
 	KeyHash   int32
 	IsQueue   bool
@@ -61,6 +84,27 @@ type PostboxOutbox struct {
 	DeliverAt *time.Time
 }
 
+type PostboxParked struct {
+	Subscriber  string
+	MessageID   uuid.UUID
+	Part        int16
+	Seq         int64
+	KeyHash     int32
+	Attempts    int32
+	ReplayCount int32
+	Reason      string
+	Topic       string
+	Type        string
+	Key         *string
+	Payload     []byte
+	Headers     []byte
+	AvailableAt time.Time
+	CreatedAt   time.Time
+	EnqueuedAt  time.Time
+	LastError   *string
+	LastErrorAt *time.Time
+}
+
 type PostboxProcessed struct {
 	Subscriber  string
 	MessageID   uuid.UUID
@@ -70,14 +114,10 @@ type PostboxProcessed struct {
 type PostboxQueueDepth struct {
 	Subscriber    string
 	Kind          string
-	Ready         int64
-	Waiting       int64
+	Ready         int32
+	Waiting       int32
 	Dead          int64
 	OldestPending interface{}
-}
-
-type PostboxRelayPartition struct {
-	Partition int32
 }
 
 type PostboxReplay struct {
@@ -87,6 +127,20 @@ type PostboxReplay struct {
 	ReplayedAt time.Time
 	LastError  *string
 	Attempts   int32
+}
+
+type PostboxScheduled struct {
+	ID        int64
+	MessageID uuid.UUID
+	KeyHash   int32
+	IsQueue   bool
+	Topic     string
+	Type      string
+	Key       *string
+	Payload   []byte
+	Headers   []byte
+	CreatedAt time.Time
+	DeliverAt time.Time
 }
 
 type PostboxSubscriber struct {
@@ -99,6 +153,7 @@ type PostboxSubscriber struct {
 	BackoffMultiplier float64
 	Retention         time.Duration
 	CreatedAt         time.Time
+	KeyOnDead         string
 }
 
 type PostboxSubscription struct {

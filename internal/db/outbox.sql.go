@@ -7,69 +7,36 @@ package db
 
 import (
 	"context"
-	"time"
-
-	"github.com/jackc/pgx/v5/pgtype"
 )
 
-type CopyOutboxParams struct {
-	MessageID pgtype.UUID
-	KeyHash   int32
-	IsQueue   bool
-	Topic     string
-	Type      string
-	Key       *string
-	Payload   []byte
-	Headers   []byte
-	DeliverAt *time.Time
-}
-
-const insertOutbox = `-- name: InsertOutbox :exec
-INSERT INTO postbox.outbox (message_id, key_hash, is_queue, topic, type, key, payload, headers, deliver_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+const LockKeys = `-- name: LockKeys :exec
+SELECT count(pg_advisory_xact_lock(1886352245, h))
+FROM (SELECT DISTINCT unnest($1::integer[]) AS h ORDER BY 1) k
 `
 
-type InsertOutboxParams struct {
-	MessageID pgtype.UUID
-	KeyHash   int32
-	IsQueue   bool
-	Topic     string
-	Type      string
-	Key       *string
-	Payload   []byte
-	Headers   []byte
-	DeliverAt *time.Time
-}
-
-func (q *Queries) InsertOutbox(ctx context.Context, arg InsertOutboxParams) error {
-	_, err := q.db.Exec(ctx, insertOutbox,
-		arg.MessageID,
-		arg.KeyHash,
-		arg.IsQueue,
-		arg.Topic,
-		arg.Type,
-		arg.Key,
-		arg.Payload,
-		arg.Headers,
-		arg.DeliverAt,
-	)
+// Per-key publish order: the producer's transaction takes a lock on each
+// key's hash (sorted, so producers cannot deadlock) before it draws outbox
+// ids, and keeps it to commit. So two transactions publishing one key
+// commit in the order of their ids.
+func (q *Queries) LockKeys(ctx context.Context, keyHashes []int32) error {
+	_, err := q.db.Exec(ctx, LockKeys, keyHashes)
 	return err
 }
 
-const notifyRelay = `-- name: NotifyRelay :exec
+const NotifyRelay = `-- name: NotifyRelay :exec
 SELECT pg_notify('postbox_outbox', '')
 `
 
 // Wakes LISTENing relays (relay.Config.Listen) when the transaction commits.
 func (q *Queries) NotifyRelay(ctx context.Context) error {
-	_, err := q.db.Exec(ctx, notifyRelay)
+	_, err := q.db.Exec(ctx, NotifyRelay)
 	return err
 }
 
-const outboxBacklog = `-- name: OutboxBacklog :one
-SELECT count(*)::bigint AS waiting,
-       coalesce(extract(epoch FROM now() - min(created_at)), 0)::double precision AS oldest_seconds
-FROM postbox.outbox
+const OutboxBacklog = `-- name: OutboxBacklog :one
+SELECT (SELECT count(*) FROM (SELECT 1 FROM postbox.outbox LIMIT $1::integer) c)::bigint AS waiting,
+       coalesce(extract(epoch FROM now() - (SELECT o.created_at FROM postbox.outbox o ORDER BY o.id LIMIT 1)),
+                0)::double precision AS oldest_seconds
 `
 
 type OutboxBacklogRow struct {
@@ -77,9 +44,11 @@ type OutboxBacklogRow struct {
 	OldestSeconds float64
 }
 
-// How many messages wait for the relay, and the age of the oldest.
-func (q *Queries) OutboxBacklog(ctx context.Context) (OutboxBacklogRow, error) {
-	row := q.db.QueryRow(ctx, outboxBacklog)
+// How many messages wait for the relay (up to cap: counting every row of a
+// large backlog would make this cost what the backlog costs), and the age
+// of the oldest.
+func (q *Queries) OutboxBacklog(ctx context.Context, cap int32) (OutboxBacklogRow, error) {
+	row := q.db.QueryRow(ctx, OutboxBacklog, cap)
 	var i OutboxBacklogRow
 	err := row.Scan(&i.Waiting, &i.OldestSeconds)
 	return i, err

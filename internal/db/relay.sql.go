@@ -9,29 +9,175 @@ import (
 	"context"
 )
 
-const claimForSink = `-- name: ClaimForSink :many
-WITH parts AS (
-    SELECT rp.partition
-    FROM postbox.relay_partitions rp
-    ORDER BY rp.partition
-    FOR UPDATE SKIP LOCKED
-)
-SELECT ob.id, ob.message_id, ob.key_hash, ob.is_queue, ob.topic, ob.type, ob.key,
-       ob.payload, ob.headers, ob.created_at, ob.deliver_at
-FROM postbox.outbox ob
-    -- An array, not IN (SELECT ...): see RelayBatch.
-WHERE ob.key_hash % 16 = ANY (ARRAY(SELECT p.partition FROM parts p))
-  AND (ob.deliver_at IS NULL OR ob.deliver_at <= now())
-ORDER BY ob.id
-LIMIT $1::integer
-FOR UPDATE OF ob SKIP LOCKED
+const DeleteOutbox = `-- name: DeleteOutbox :execrows
+DELETE FROM postbox.outbox WHERE id = ANY ($1::bigint[])
 `
 
-// The Sink path: locks the free relay partitions and the oldest due outbox
-// rows in them, for the relay to hand to a Sink and then delete in the same
-// transaction.
-func (q *Queries) ClaimForSink(ctx context.Context, batchSize int32) ([]PostboxOutbox, error) {
-	rows, err := q.db.Query(ctx, claimForSink, batchSize)
+func (q *Queries) DeleteOutbox(ctx context.Context, ids []int64) (int64, error) {
+	result, err := q.db.Exec(ctx, DeleteOutbox, ids)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const NotifySubscribers = `-- name: NotifySubscribers :exec
+SELECT count(pg_notify('postbox_inbox', s)) FROM unnest($1::text[]) AS s
+`
+
+// Wakes the consumers of these subscribers. Sent after the batch that gave
+// them deliveries committed, in a transaction of its own: a notification
+// is a hint, and a full notification queue must not fail the data path.
+func (q *Queries) NotifySubscribers(ctx context.Context, subscribers []string) error {
+	_, err := q.db.Exec(ctx, NotifySubscribers, subscribers)
+	return err
+}
+
+const OutboxHorizon = `-- name: OutboxHorizon :one
+SELECT h.writing::boolean AS writing, h.last_id::bigint AS last_id, h.writers::text[] AS writers
+FROM postbox.outbox_horizon($1::text[]) h
+`
+
+type OutboxHorizonRow struct {
+	Writing bool
+	LastID  int64
+	Writers []string
+}
+
+// Whether the given outbox writers still run, the id sequence's position,
+// and the writers now; see postbox.outbox_horizon.
+func (q *Queries) OutboxHorizon(ctx context.Context, writers []string) (OutboxHorizonRow, error) {
+	row := q.db.QueryRow(ctx, OutboxHorizon, writers)
+	var i OutboxHorizonRow
+	err := row.Scan(&i.Writing, &i.LastID, &i.Writers)
+	return i, err
+}
+
+const QuarantineOutbox = `-- name: QuarantineOutbox :one
+SELECT postbox.quarantine_outbox($1::bigint, $2::text)::boolean AS moved
+`
+
+type QuarantineOutboxParams struct {
+	ID    int64
+	Error string
+}
+
+// Moves an outbox row the relay statement fails on to the '_relay' dead
+// letters; see postbox.quarantine_outbox.
+func (q *Queries) QuarantineOutbox(ctx context.Context, arg QuarantineOutboxParams) (bool, error) {
+	row := q.db.QueryRow(ctx, QuarantineOutbox, arg.ID, arg.Error)
+	var moved bool
+	err := row.Scan(&moved)
+	return moved, err
+}
+
+const RelayBatch = `-- name: RelayBatch :one
+SELECT r.claimed::integer AS claimed, r.candidates::integer AS candidates, r.min_id::bigint AS min_id,
+       r.max_id::bigint AS max_id,
+       r.bytes::bigint AS bytes, r.delivered::integer AS delivered, r.duplicates::integer AS duplicates,
+       r.no_route::integer AS no_route, r.unrouted::integer AS unrouted,
+       r.parts::smallint[] AS parts, r.subscribers::text[] AS subscribers
+FROM postbox.relay_batch($1::integer, $2::bigint, $3::bigint[],
+                         $4::bigint) r
+`
+
+type RelayBatchParams struct {
+	BatchSize int32
+	MaxBytes  int64
+	Marks     []int64
+	OnlyID    *int64
+}
+
+type RelayBatchRow struct {
+	Claimed     int32
+	Candidates  int32
+	MinID       int64
+	MaxID       int64
+	Bytes       int64
+	Delivered   int32
+	Duplicates  int32
+	NoRoute     int32
+	Unrouted    int32
+	Parts       []int16
+	Subscribers []string
+}
+
+// Moves one batch from the outbox into the inbox stream; see
+// postbox.relay_batch. One statement, its own transaction.
+func (q *Queries) RelayBatch(ctx context.Context, arg RelayBatchParams) (RelayBatchRow, error) {
+	row := q.db.QueryRow(ctx, RelayBatch,
+		arg.BatchSize,
+		arg.MaxBytes,
+		arg.Marks,
+		arg.OnlyID,
+	)
+	var i RelayBatchRow
+	err := row.Scan(
+		&i.Claimed,
+		&i.Candidates,
+		&i.MinID,
+		&i.MaxID,
+		&i.Bytes,
+		&i.Delivered,
+		&i.Duplicates,
+		&i.NoRoute,
+		&i.Unrouted,
+		&i.Parts,
+		&i.Subscribers,
+	)
+	return i, err
+}
+
+const RelayPeek = `-- name: RelayPeek :one
+SELECT postbox.relay_peek($1::bigint[])::bigint AS id
+`
+
+// The oldest row RelayBatch would take now; see postbox.relay_peek.
+func (q *Queries) RelayPeek(ctx context.Context, marks []int64) (int64, error) {
+	row := q.db.QueryRow(ctx, RelayPeek, marks)
+	var id int64
+	err := row.Scan(&id)
+	return id, err
+}
+
+const ReleaseScheduled = `-- name: ReleaseScheduled :one
+SELECT postbox.release_scheduled($1::integer)::integer AS released
+`
+
+// Puts scheduled messages that are due back into the outbox; see
+// postbox.release_scheduled.
+func (q *Queries) ReleaseScheduled(ctx context.Context, batchSize int32) (int32, error) {
+	row := q.db.QueryRow(ctx, ReleaseScheduled, batchSize)
+	var released int32
+	err := row.Scan(&released)
+	return released, err
+}
+
+const RotateSlots = `-- name: RotateSlots :one
+SELECT postbox.rotate_slots()::integer AS emptied
+`
+
+// Truncates the outbox and stream slots nothing needs; see postbox.rotate_slots.
+func (q *Queries) RotateSlots(ctx context.Context) (int32, error) {
+	row := q.db.QueryRow(ctx, RotateSlots)
+	var emptied int32
+	err := row.Scan(&emptied)
+	return emptied, err
+}
+
+const SinkClaim = `-- name: SinkClaim :many
+SELECT id, slot, message_id, key_hash, is_queue, topic, type, key, payload, headers, created_at, deliver_at FROM postbox.sink_claim($1::integer, $2::bigint, $3::integer)
+`
+
+type SinkClaimParams struct {
+	Part      int32
+	AfterID   int64
+	BatchSize int32
+}
+
+// The Sink path's claim: see postbox.sink_claim.
+func (q *Queries) SinkClaim(ctx context.Context, arg SinkClaimParams) ([]PostboxOutbox, error) {
+	rows, err := q.db.Query(ctx, SinkClaim, arg.Part, arg.AfterID, arg.BatchSize)
 	if err != nil {
 		return nil, err
 	}
@@ -41,6 +187,7 @@ func (q *Queries) ClaimForSink(ctx context.Context, batchSize int32) ([]PostboxO
 		var i PostboxOutbox
 		if err := rows.Scan(
 			&i.ID,
+			&i.Slot,
 			&i.MessageID,
 			&i.KeyHash,
 			&i.IsQueue,
@@ -62,143 +209,26 @@ func (q *Queries) ClaimForSink(ctx context.Context, batchSize int32) ([]PostboxO
 	return items, nil
 }
 
-const deleteOutbox = `-- name: DeleteOutbox :execrows
-DELETE FROM postbox.outbox WHERE id = ANY ($1::bigint[])
+const TryLockRelayPartition = `-- name: TryLockRelayPartition :one
+SELECT pg_try_advisory_lock(1886352244, $1::integer) AS locked
 `
 
-func (q *Queries) DeleteOutbox(ctx context.Context, ids []int64) (int64, error) {
-	result, err := q.db.Exec(ctx, deleteOutbox, ids)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+// The Sink path holds a relay partition with a session lock while a sink
+// delivers, so no transaction stays open across network I/O.
+func (q *Queries) TryLockRelayPartition(ctx context.Context, part int32) (bool, error) {
+	row := q.db.QueryRow(ctx, TryLockRelayPartition, part)
+	var locked bool
+	err := row.Scan(&locked)
+	return locked, err
 }
 
-const relayBatch = `-- name: RelayBatch :one
-WITH parts AS (
-    SELECT rp.partition
-    FROM postbox.relay_partitions rp
-    ORDER BY rp.partition
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    DELETE FROM postbox.outbox o
-    WHERE o.id IN (
-        SELECT ob.id
-        FROM postbox.outbox ob
-        -- An array (an InitPlan, computed once) rather than IN (SELECT ...):
-        -- a semi-join makes the planner hash-join and sort the whole outbox
-        -- for every batch, where this walks the primary key in id order and
-        -- stops after batch_size rows, whatever the backlog.
-        WHERE ob.key_hash % 16 = ANY (ARRAY(SELECT p.partition FROM parts p))
-        ORDER BY ob.id
-        LIMIT $1::integer
-        FOR UPDATE SKIP LOCKED)
-    RETURNING o.id, o.message_id, o.key_hash, o.is_queue, o.topic, o.type, o.key,
-              o.payload, o.headers, o.created_at, o.deliver_at
-), routes AS (
-    SELECT c.id, c.message_id, sub.name AS subscriber, c.key_hash % sub.partitions AS partition
-    FROM claimed c
-    JOIN postbox.subscriptions s
-      ON NOT c.is_queue
-     AND (s.topic_pattern = c.topic OR (s.topic_regex IS NOT NULL AND ('.' || c.topic) ~ s.topic_regex))
-     AND (s.filter IS NULL OR postbox.payload_matches(c.payload, s.filter))
-    JOIN postbox.subscribers sub ON sub.name = s.subscriber
-    UNION ALL
-    SELECT c.id, c.message_id, q.name, c.key_hash % q.partitions
-    FROM claimed c
-    JOIN postbox.subscribers q ON c.is_queue AND q.kind = 'queue' AND q.name = c.topic
-), delivered AS (
-    INSERT INTO postbox.inbox (subscriber, message_id, partition, topic, type, key,
-                               payload, headers, available_at, created_at)
-    SELECT r.subscriber, c.message_id, r.partition, c.topic, c.type, c.key,
-           c.payload, c.headers, greatest(coalesce(c.deliver_at, now()), now()), c.created_at
-    FROM routes r
-    JOIN claimed c ON c.id = r.id
-    WHERE NOT EXISTS (
-        SELECT 1 FROM postbox.processed pr
-        WHERE pr.subscriber = r.subscriber AND pr.message_id = r.message_id)
-    ORDER BY c.id, r.subscriber
-    ON CONFLICT (subscriber, message_id) DO NOTHING
-    RETURNING subscriber
-), no_route AS (
-    INSERT INTO postbox.inbox (subscriber, message_id, partition, status, topic, type, key,
-                               payload, headers, created_at, last_error, last_error_at, dead_at)
-    -- partition by the default partition count: the queue does not exist yet.
-    SELECT c.topic, c.message_id, c.key_hash % 16, 'dead', c.topic, c.type, c.key,
-           c.payload,
-           coalesce(c.headers, '{}'::jsonb) || jsonb_build_object(
-               'x-retry-count', '0',
-               'x-original-error', 'no-route',
-               'x-moved-to-dlq-at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')),
-           c.created_at, 'no-route', now(), now()
-    FROM claimed c
-    WHERE c.is_queue AND NOT EXISTS (SELECT 1 FROM routes r WHERE r.id = c.id)
-    ORDER BY c.id
-    ON CONFLICT (subscriber, message_id) DO NOTHING
-    RETURNING 1
-), woken AS (
-    SELECT count(pg_notify('postbox_inbox', d.subscriber)) AS n
-    FROM (SELECT DISTINCT subscriber FROM delivered) d
-)
-SELECT
-    (SELECT count(*) FROM claimed)::integer AS claimed,
-    (SELECT count(*) FROM delivered)::integer AS delivered,
-    -- routed deliveries dropped because the subscriber already has the
-    -- message ID (pending, dead, or handled within the dedup window)
-    -- (overlapping subscriptions of one subscriber route a row once)
-    ((SELECT count(*) FROM (SELECT DISTINCT r.id, r.subscriber FROM routes r) rr)
-      - (SELECT count(*) FROM delivered))::integer AS duplicates,
-    (SELECT count(*) FROM no_route)::integer AS no_route,
-    (SELECT count(*) FROM claimed c
-      WHERE NOT c.is_queue AND NOT EXISTS (SELECT 1 FROM routes r WHERE r.id = c.id))::integer AS unrouted,
-    (SELECT n FROM woken)::integer AS woken,
-    (SELECT count(*) FROM parts)::integer AS partitions
+const UnlockRelayPartition = `-- name: UnlockRelayPartition :one
+SELECT pg_advisory_unlock(1886352244, $1::integer) AS unlocked
 `
 
-type RelayBatchRow struct {
-	Claimed    int32
-	Delivered  int32
-	Duplicates int32
-	NoRoute    int32
-	Unrouted   int32
-	Woken      int32
-	Partitions int32
-}
-
-// Moves up to batch_size committed outbox rows into the inbox in one
-// statement, so payloads never travel through Go. The statement locks every
-// free relay partition, claims the oldest outbox rows of those partitions
-// (SKIP LOCKED), deletes them, and inserts one inbox row per matching
-// (subscriber, message), in outbox order so that inbox seq follows publish
-// order. Duplicates of a message ID already pending, dead, or processed within
-// the dedup window are dropped. A send to an undeclared queue becomes a dead
-// letter with last_error 'no-route'. Subscribers that got rows are woken with
-// one NOTIFY each (a hint; consumers also poll).
-func (q *Queries) RelayBatch(ctx context.Context, batchSize int32) (RelayBatchRow, error) {
-	row := q.db.QueryRow(ctx, relayBatch, batchSize)
-	var i RelayBatchRow
-	err := row.Scan(
-		&i.Claimed,
-		&i.Delivered,
-		&i.Duplicates,
-		&i.NoRoute,
-		&i.Unrouted,
-		&i.Woken,
-		&i.Partitions,
-	)
-	return i, err
-}
-
-const relayNoJIT = `-- name: RelayNoJIT :exec
-SELECT set_config('jit', 'off', true)
-`
-
-// Turns JIT compilation off for the rest of the relay's transaction. The
-// planner prices RelayBatch by its routing join (claimed rows × an unanalyzed
-// subscriptions table × payload_matches), so a batch of a few thousand rows
-// crosses jit_above_cost and spends most of a second compiling a statement
-// that runs in a fraction of that.
-func (q *Queries) RelayNoJIT(ctx context.Context) error {
-	_, err := q.db.Exec(ctx, relayNoJIT)
-	return err
+func (q *Queries) UnlockRelayPartition(ctx context.Context, part int32) (bool, error) {
+	row := q.db.QueryRow(ctx, UnlockRelayPartition, part)
+	var unlocked bool
+	err := row.Scan(&unlocked)
+	return unlocked, err
 }

@@ -10,20 +10,20 @@ import (
 	"time"
 )
 
-const databaseNow = `-- name: DatabaseNow :one
+const DatabaseNow = `-- name: DatabaseNow :one
 SELECT now()::timestamptz AS now
 `
 
 // The database's clock, so time filters given relative to "now" (--since 24h)
 // agree with the timestamps the database wrote.
 func (q *Queries) DatabaseNow(ctx context.Context) (time.Time, error) {
-	row := q.db.QueryRow(ctx, databaseNow)
+	row := q.db.QueryRow(ctx, DatabaseNow)
 	var now time.Time
 	err := row.Scan(&now)
 	return now, err
 }
 
-const queueDepths = `-- name: QueueDepths :many
+const QueueDepths = `-- name: QueueDepths :many
 SELECT q.subscriber::text AS subscriber,
        q.kind::text AS kind,
        q.ready::bigint AS ready,
@@ -32,15 +32,16 @@ SELECT q.subscriber::text AS subscriber,
        coalesce(extract(epoch FROM now() - q.oldest_pending), 0)::double precision AS oldest_pending_seconds
 FROM postbox.queue_depths q
 UNION ALL
-SELECT i.subscriber::text,
+SELECT u.subscriber::text,
        'undeclared'::text,
-       (count(*) FILTER (WHERE i.status = 'pending' AND i.available_at <= now()))::bigint,
-       (count(*) FILTER (WHERE i.status = 'pending' AND i.available_at > now()))::bigint,
-       (count(*) FILTER (WHERE i.status = 'dead'))::bigint,
-       coalesce(extract(epoch FROM now() - min(i.enqueued_at) FILTER (WHERE i.status = 'pending')), 0)::double precision
-FROM postbox.inbox i
-WHERE NOT EXISTS (SELECT 1 FROM postbox.subscribers s WHERE s.name = i.subscriber)
-GROUP BY i.subscriber
+       (SELECT count(*) FROM postbox.parked k WHERE k.subscriber = u.subscriber AND k.available_at <= now())::bigint,
+       (SELECT count(*) FROM postbox.parked k WHERE k.subscriber = u.subscriber AND k.available_at > now())::bigint,
+       (SELECT count(*) FROM postbox.dead_letters d WHERE d.subscriber = u.subscriber)::bigint,
+       coalesce(extract(epoch FROM now() - (SELECT min(k.enqueued_at) FROM postbox.parked k
+                                            WHERE k.subscriber = u.subscriber)), 0)::double precision
+FROM (SELECT DISTINCT x.subscriber FROM (SELECT k.subscriber FROM postbox.parked k
+                                         UNION SELECT d.subscriber FROM postbox.dead_letters d) x
+      WHERE NOT EXISTS (SELECT 1 FROM postbox.subscribers s WHERE s.name = x.subscriber)) u
 ORDER BY 1
 `
 
@@ -53,16 +54,16 @@ type QueueDepthsRow struct {
 	OldestPendingSeconds float64
 }
 
-// Per subscriber: deliveries ready now, waiting (in backoff or delayed), dead
-// letters, and the age in seconds of the oldest pending delivery (0 when
-// none). Declared subscribers come from postbox.queue_depths; inbox rows of
-// names that are not declared (no-route sends to a missing queue, rows left by
-// a dropped subscriber) are counted too, with kind 'undeclared', so nothing in
-// the inbox is invisible to operators. Both parts scan the inbox rows of
-// every subscriber: the binary calls this per `postbox stats` and per
-// /metrics scrape, with a timeout.
+// Per subscriber: deliveries ready now, waiting (delayed, in backoff or
+// blocked behind their key), dead letters, and the age in seconds of the
+// oldest pending delivery (0 when none). Declared subscribers come from
+// postbox.queue_depths; names that are not declared but have parked
+// deliveries or dead letters (no-route sends to a missing queue, rows left
+// by a dropped subscriber, the relay's '_relay' quarantine) are listed too,
+// with kind 'undeclared', so nothing is invisible to operators. Exact, so
+// it reads every pending delivery: for `postbox stats`, not for scrapes.
 func (q *Queries) QueueDepths(ctx context.Context) ([]QueueDepthsRow, error) {
-	rows, err := q.db.Query(ctx, queueDepths)
+	rows, err := q.db.Query(ctx, QueueDepths)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,17 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
+// The channels postbox uses. Payloads are hints only.
+const (
+	// OutboxChannel wakes relays that listen (relay.Config.Listen);
+	// producers notify it with outbox.Notify.
+	OutboxChannel = "postbox_outbox"
+	// InboxChannel wakes consumers; the relay notifies it after a batch
+	// commits, once per subscriber that got deliveries, with the
+	// subscriber's name as payload.
+	InboxChannel = "postbox_inbox"
+)
+
 // Listener holds one connection of the pool in LISTEN on a channel. Take
 // C() before doing work and wait on it after: a notification that arrives
 // meanwhile still wakes the waiter.

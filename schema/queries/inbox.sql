@@ -1,123 +1,43 @@
 -- name: ClaimBatch :many
--- The fast path of a claim: looks at the scan_limit oldest available pending
--- deliveries of one subscriber, in age order, and locks up to batch_size of
--- them that may be handled now. A keyed delivery qualifies only when no
--- earlier pending delivery of its key exists (per-key order); rows locked by
--- other consumers are skipped. The scan limit bounds the cost when many of
--- the oldest rows wait behind their key's head (a few hot keys): then the
--- consumer fills the batch with WalkKeyHeads and ClaimByIDs.
--- Claiming writes nothing: attempts are counted only on failure, and a
--- handled row is deleted.
-SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
-       i.payload, i.headers, i.created_at, i.available_at
-FROM (SELECT c.message_id, c.key, c.seq
-      FROM postbox.inbox c
-      WHERE c.subscriber = @subscriber
-        AND c.status = 'pending'
-        AND c.available_at <= now()
-      ORDER BY c.available_at, c.seq
-      LIMIT @scan_limit::integer) cand
-JOIN postbox.inbox i ON i.subscriber = @subscriber AND i.message_id = cand.message_id
--- Checked again on the row itself: a consumer may have recorded a failure
--- (and a backoff) after this statement's snapshot, and the lock re-checks
--- only conditions on i.
-WHERE i.status = 'pending'
-  AND i.available_at <= now()
-  AND (cand.key IS NULL OR NOT EXISTS (
-        SELECT 1 FROM postbox.inbox e
-        WHERE e.subscriber = @subscriber
-          AND e.status = 'pending'
-          AND e.key = cand.key
-          AND e.seq < cand.seq))
--- No ORDER BY: candidates stream in age order through the nested loop, so
--- the scan stops as soon as batch_size rows are locked.
-LIMIT @batch_size::integer
-FOR UPDATE OF i SKIP LOCKED;
+-- Up to batch_size deliveries that may be handled now, from order
+-- partitions no other consumer works; see postbox.claim_batch. Runs outside
+-- any transaction: it only reads (and its shared partition locks end with
+-- the statement), so an empty claim writes nothing.
+SELECT c.source::text AS source, c.part::smallint AS part, c.next_seq::bigint AS next_seq,
+       c.epoch::bigint AS epoch, c.seq::bigint AS seq, c.message_id::uuid AS message_id,
+       c.key_hash::integer AS key_hash, c.attempts::integer AS attempts,
+       c.replay_count::integer AS replay_count, c.topic::text AS topic, c.type::text AS type,
+       coalesce(c.key, '')::text AS key, c.payload::bytea AS payload, c.headers::jsonb AS headers,
+       c.created_at::timestamptz AS created_at, c.available_at::timestamptz AS available_at,
+       c.blocked::boolean AS blocked, c.handled::boolean AS handled
+FROM postbox.claim_batch(@subscriber::text, @batch_size::integer, @start::integer,
+                         @skip::smallint[], @park_on_dead::boolean) c;
 
--- name: ClaimKeyless :many
--- The oldest available deliveries without a key, which need no order check:
--- claimed on their own so that rows waiting behind a blocked key's head can
--- never hide them from the fast path's window.
-SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
-       i.payload, i.headers, i.created_at, i.available_at
-FROM postbox.inbox i
-WHERE i.subscriber = @subscriber
-  AND i.status = 'pending'
-  AND i.key IS NULL
-  AND i.available_at <= now()
-  -- rows this transaction already claimed: SKIP LOCKED does not skip them
-  AND i.message_id <> ALL (@held::uuid[])
-ORDER BY i.available_at, i.seq
-LIMIT @batch_size::integer
-FOR UPDATE OF i SKIP LOCKED;
+-- name: OwnPartitions :one
+-- In the batch transaction: the claimed partitions this batch may work,
+-- locked until it ends; see postbox.own_partitions.
+SELECT postbox.own_partitions(@subscriber::text, @parts::smallint[], @epochs::bigint[])::smallint[] AS parts;
 
--- name: WalkKeyHeads :many
--- The head (earliest pending delivery) of each key after after_key, in key
--- order, at most visit_limit of them: see postbox.walk_key_heads.
-SELECT key::text AS key, message_id::uuid AS message_id, available::boolean AS available
-FROM postbox.walk_key_heads(@subscriber::text, @after_key::text, @visit_limit::integer);
-
--- name: ClaimByIDs :many
--- Locks the given deliveries (key heads found by WalkKeyHeads) that are still
--- pending and available, skipping rows other consumers hold.
-SELECT i.message_id, i.seq, i.partition, i.attempts, i.topic, i.type, i.key,
-       i.payload, i.headers, i.created_at, i.available_at
-FROM postbox.inbox i
-WHERE i.subscriber = @subscriber
-  AND i.message_id = ANY (@message_ids::uuid[])
-  AND i.status = 'pending'
-  AND i.available_at <= now()
-ORDER BY i.available_at, i.seq
-LIMIT @batch_size::integer
-FOR UPDATE OF i SKIP LOCKED;
+-- name: FinishBatch :exec
+-- In the batch transaction, after the handlers: records the outcome; see
+-- postbox.finish_batch.
+SELECT postbox.finish_batch(
+    @subscriber::text,
+    @parts::smallint[], @next_seqs::bigint[], @epochs::bigint[],
+    @done::uuid[], @unpark::uuid[],
+    @park_ids::uuid[], @park_parts::smallint[], @park_seqs::bigint[], @park_reasons::text[],
+    @park_attempts::integer[], @park_delays_ms::bigint[], @park_errors::text[],
+    @retry_ids::uuid[], @retry_attempts::integer[], @retry_delays_ms::bigint[], @retry_errors::text[],
+    @dead_ids::uuid[], @dead_parked::boolean[], @dead_parts::smallint[], @dead_seqs::bigint[],
+    @dead_attempts::integer[], @dead_errors::text[],
+    @park_on_dead::boolean, @run::integer);
 
 -- name: ProcessedAmong :many
--- Which of the claimed message IDs were handled within the dedup window:
--- duplicates that raced the relay's check. Run after the claim, in its
--- transaction; see postbox.processed_among.
+-- Which of the given message IDs the subscriber handled within its dedup
+-- window. The consumer asks after a batch hit a second copy of a handled
+-- message (finish_batch's unique_violation); see postbox.processed_among.
 SELECT message_id::uuid AS message_id
 FROM postbox.processed_among(@subscriber::text, @message_ids::uuid[]) AS message_id;
-
--- name: CompleteDeliveries :exec
--- Marks deliveries handled: removes them from the inbox and remembers their
--- IDs for the dedup window. Runs in the batch transaction, so it commits
--- together with the handlers' effects.
-WITH done AS (
-    DELETE FROM postbox.inbox d
-    WHERE d.subscriber = @subscriber AND d.message_id = ANY (@message_ids::uuid[])
-    RETURNING d.subscriber AS done_subscriber, d.message_id AS done_message_id
-)
-INSERT INTO postbox.processed (subscriber, message_id)
-SELECT done_subscriber, done_message_id FROM done
-ON CONFLICT (subscriber, message_id) DO NOTHING;
-
--- name: FailDeliveries :execrows
--- Records failed attempts: attempts, error, and either the next attempt
--- time or, when dead, the dead-letter headers. Times are this statement's,
--- not now() (the start of the batch transaction): the batch's handlers ran
--- in between, and a backoff counted from before them would be cut short by
--- however long they took.
-UPDATE postbox.inbox i
-SET attempts = f.attempts,
-    last_error = f.error,
-    last_error_at = statement_timestamp(),
-    available_at = CASE WHEN f.dead THEN i.available_at
-                        ELSE statement_timestamp() + f.delay_ms * interval '1 millisecond' END,
-    status = CASE WHEN f.dead THEN 'dead' ELSE 'pending' END,
-    dead_at = CASE WHEN f.dead THEN statement_timestamp() END,
-    headers = CASE WHEN f.dead THEN coalesce(i.headers, '{}'::jsonb) || jsonb_build_object(
-                  'x-retry-count', f.attempts::text,
-                  'x-original-error', f.error,
-                  'x-moved-to-dlq-at', to_char(statement_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-              ELSE i.headers END
-FROM (SELECT unnest(@message_ids::uuid[]) AS message_id,
-             unnest(@attempts::integer[]) AS attempts,
-             unnest(@errors::text[]) AS error,
-             unnest(@delays_ms::bigint[]) AS delay_ms,
-             unnest(@dead::boolean[]) AS dead) f
-WHERE i.subscriber = @subscriber AND i.message_id = f.message_id AND i.status = 'pending'
-  -- an attempt already counted (by a retry of this statement) is not counted again
-  AND i.attempts < f.attempts;
 
 -- name: MarkProcessed :execrows
 -- Claims a message ID for a subscriber before handling it (HandleOnce). The
@@ -130,7 +50,7 @@ ON CONFLICT (subscriber, message_id) DO NOTHING;
 -- name: PurgeProcessed :execrows
 -- Forgets handled message IDs older than their subscriber's dedup window,
 -- at most batch_size of them. Subscribers that no longer exist, or never
--- were declared (HandleOnce), use the default window of 7 days. The second
+-- were declared (HandleOnce), use postbox.default_retention(). The second
 -- condition is the shortest window of all, a constant bound the BRIN index
 -- on processed_at can use; it must include that default window, or IDs of
 -- undeclared subscribers would be kept as long as the shortest declared one.
@@ -139,9 +59,9 @@ WHERE (p.subscriber, p.message_id) IN (
     SELECT pp.subscriber, pp.message_id
     FROM postbox.processed pp
     LEFT JOIN postbox.subscribers s ON s.name = pp.subscriber
-    WHERE pp.processed_at < now() - coalesce(s.retention, interval '7 days')
+    WHERE pp.processed_at < now() - coalesce(s.retention, postbox.default_retention())
       AND pp.processed_at < now() - least((SELECT min(retention) FROM postbox.subscribers),
-                                          interval '7 days')
+                                          postbox.default_retention())
     LIMIT @batch_size::integer);
 
 -- name: TryJanitorLock :one

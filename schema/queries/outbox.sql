@@ -1,17 +1,19 @@
--- name: InsertOutbox :exec
-INSERT INTO postbox.outbox (message_id, key_hash, is_queue, topic, type, key, payload, headers, deliver_at)
-VALUES (@message_id, @key_hash, @is_queue, @topic, @type, sqlc.narg(key), @payload, sqlc.narg(headers), sqlc.narg(deliver_at));
-
--- name: CopyOutbox :copyfrom
-INSERT INTO postbox.outbox (message_id, key_hash, is_queue, topic, type, key, payload, headers, deliver_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9);
-
 -- name: OutboxBacklog :one
--- How many messages wait for the relay, and the age of the oldest.
-SELECT count(*)::bigint AS waiting,
-       coalesce(extract(epoch FROM now() - min(created_at)), 0)::double precision AS oldest_seconds
-FROM postbox.outbox;
+-- How many messages wait for the relay (up to cap: counting every row of a
+-- large backlog would make this cost what the backlog costs), and the age
+-- of the oldest.
+SELECT (SELECT count(*) FROM (SELECT 1 FROM postbox.outbox LIMIT @cap::integer) c)::bigint AS waiting,
+       coalesce(extract(epoch FROM now() - (SELECT o.created_at FROM postbox.outbox o ORDER BY o.id LIMIT 1)),
+                0)::double precision AS oldest_seconds;
 
 -- name: NotifyRelay :exec
 -- Wakes LISTENing relays (relay.Config.Listen) when the transaction commits.
 SELECT pg_notify('postbox_outbox', '');
+
+-- name: LockKeys :exec
+-- Per-key publish order: the producer's transaction takes a lock on each
+-- key's hash (sorted, so producers cannot deadlock) before it draws outbox
+-- ids, and keeps it to commit. So two transactions publishing one key
+-- commit in the order of their ids.
+SELECT count(pg_advisory_xact_lock(1886352245, h))
+FROM (SELECT DISTINCT unnest(@key_hashes::integer[]) AS h ORDER BY 1) k;

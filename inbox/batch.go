@@ -1,0 +1,348 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/postbox-dev/postbox"
+	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/pgtext"
+)
+
+// How a batch runs its handlers. Optimistically first: one transaction, no
+// savepoint per delivery, so a handler that writes one row costs that one
+// statement. If a handler fails, the batch rolls back to the savepoint
+// taken right after the claim (keeping its partitions) and runs again
+// carefully, with a savepoint per delivery, so only the failed delivery's
+// effects are lost. That is at most two passes, and the happy path pays no
+// savepoint at all (docs/architecture.md has the measurements).
+
+// outcome is what became of a delivery in a batch.
+type outcome int
+
+const (
+	outNone      outcome = iota // not reached: stays for the next batch
+	outHandled                  // handled: its effects commit with the mark
+	outDuplicate                // already handled: dropped
+	outFailed                   // failed: retried later, or dead (entry.fail.dead)
+	outBlocked                  // a stream delivery whose key waits behind another
+	outDelayed                  // a stream delivery not yet due
+)
+
+// entry is one claimed delivery and what became of it.
+type entry struct {
+	row  db.ClaimBatchRow
+	d    *Delivery
+	out  outcome
+	fail failure
+}
+
+func (e *entry) stream() bool { return source(e.row.Source) == fromStream }
+
+// failure is one failed attempt, to record.
+type failure struct {
+	attempts int
+	err      string
+	delay    time.Duration
+	dead     bool
+}
+
+// batch is one claimed batch: its deliveries in handling order, the
+// partitions it works and their cursors, and the keys that must wait for
+// the rest of it.
+type batch struct {
+	c       *Consumer
+	set     settings
+	entries []*entry
+	parts   map[int16]cursorAt
+	held    map[string]bool // keys whose later deliveries wait: one failed, was blocked or delayed
+	started time.Time
+	claimed time.Duration
+}
+
+// holdKey makes the rest of the batch's deliveries of e's key wait.
+func (b *batch) holdKey(e *entry) {
+	if e.d.Key == "" {
+		return
+	}
+	if b.held == nil {
+		b.held = make(map[string]bool)
+	}
+	b.held[e.d.Key] = true
+}
+
+// waits reports whether e must wait behind an earlier delivery of its key.
+func (b *batch) waits(e *entry) bool { return e.d.Key != "" && b.held[e.d.Key] }
+
+// expired reports whether the batch must start no more handlers.
+func (b *batch) expired(ctx context.Context) bool {
+	return ctx.Err() != nil || time.Since(b.started) >= b.c.budget()
+}
+
+// classify turns a handler error into the failure to record: dead when
+// permanent or out of attempts, otherwise retried after a backoff.
+func (b *batch) classify(e *entry, err error) failure {
+	attempts := int(e.row.Attempts) + 1
+	f := failure{attempts: attempts, err: pgtext.Clean(err.Error(), pgtext.MaxErrorBytes)}
+	if postbox.IsPermanent(err) || attempts >= b.set.maxAttempts {
+		f.dead = true
+	} else {
+		f.delay = b.set.delay(attempts)
+	}
+	return f
+}
+
+// failed records e's failure and holds its key.
+func (b *batch) failed(e *entry, err error) {
+	e.out, e.fail = outFailed, b.classify(e, err)
+	b.holdKey(e)
+	b.c.cfg.Logger.Warn("handler failed", "subscriber", b.c.cfg.Subscriber, "message_id", e.d.ID,
+		"attempt", e.d.Attempt, "dead", e.fail.dead, "err", err)
+}
+
+// lostError is a batch whose transaction was lost (the connection closed,
+// or the server ended the session). culprit, when set, is the delivery
+// whose own doing that was; attempted counts the handlers the batch ran.
+type lostError struct {
+	err       error
+	culprit   *entry
+	attempted int
+}
+
+func (e *lostError) Error() string { return e.err.Error() }
+func (e *lostError) Unwrap() error { return e.err }
+
+// run runs the handlers of the deliveries that need one.
+func (b *batch) run(ctx, bctx context.Context, tx pgx.Tx) error {
+	if b.c.cfg.BatchHandler != nil {
+		return b.runBatchHandler(ctx, bctx, tx)
+	}
+	ok, err := b.optimistic(ctx, bctx, tx)
+	if ok || err != nil {
+		return err
+	}
+	if _, err := tx.Exec(bctx, "ROLLBACK TO SAVEPOINT "+batchSavepoint); err != nil {
+		return &lostError{err: fmt.Errorf("inbox: rollback to the batch savepoint: %w", err)}
+	}
+	return b.careful(ctx, bctx, tx)
+}
+
+// optimistic runs every handler in the transaction without savepoints. It
+// reports false when one failed: the caller rolls back and runs carefully.
+// A failure is kept (that handler does not run again), unless it came from
+// a transaction an earlier handler left aborted, whose culprit only the
+// careful pass can tell.
+func (b *batch) optimistic(ctx, bctx context.Context, tx pgx.Tx) (bool, error) {
+	for _, e := range b.entries {
+		if e.out != outNone {
+			continue
+		}
+		if b.expired(ctx) {
+			break
+		}
+		if b.waits(e) {
+			b.block(e)
+			continue
+		}
+		timedOut, err := b.c.call(bctx, tx, e.d)
+		if err == nil {
+			e.out = outHandled
+			continue
+		}
+		if tx.Conn().IsClosed() {
+			// Its own timeout closed the connection (or the server went
+			// away): the batch is lost.
+			lost := &lostError{err: fmt.Errorf("inbox: handler %s: %w", e.d.ID, err), attempted: b.attempted()}
+			if timedOut {
+				lost.culprit = e
+			}
+			return false, lost
+		}
+		b.reset()
+		if !isAborted(err) {
+			b.failed(e, err)
+		}
+		return false, nil
+	}
+	return true, nil
+}
+
+// reset forgets the optimistic pass's successes: its effects are rolled back.
+func (b *batch) reset() {
+	for _, e := range b.entries {
+		if e.out == outHandled {
+			e.out = outNone
+		}
+	}
+}
+
+// block makes a stream delivery wait behind its key (parked as blocked);
+// a parked one simply stays parked.
+func (b *batch) block(e *entry) {
+	if e.stream() {
+		e.out = outBlocked
+	}
+}
+
+// attempted counts the handlers run so far.
+func (b *batch) attempted() int {
+	n := 0
+	for _, e := range b.entries {
+		if e.out == outHandled || e.out == outFailed {
+			n++
+		}
+	}
+	return n
+}
+
+// careful runs the handlers again, each in a savepoint of its own: a
+// failure rolls back only its own effects.
+func (b *batch) careful(ctx, bctx context.Context, tx pgx.Tx) error {
+	sp := savepoint{tx: tx}
+	// last is the delivery handled just before, whose handler may have
+	// returned nil yet left the transaction aborted or the connection
+	// unusable (a swallowed error, rows left open); lastTimedOut says its
+	// context had expired by then.
+	var last *entry
+	lastTimedOut := false
+	// after deals with an error from the statement that follows a
+	// handler. If the handler returned nil but left the transaction
+	// aborted, its delivery failed after all, and the batch goes on from
+	// its savepoint. If it left the connection busy (rows not closed), or
+	// its own timeout closed it, the batch is lost and that delivery is
+	// the culprit. A connection closed otherwise (a killed backend) is
+	// nobody's fault.
+	after := func(step string, err error) error {
+		if last == nil {
+			return &lostError{err: fmt.Errorf("inbox: %s: %w", step, err), attempted: b.attempted()}
+		}
+		culprit := last
+		if !isAborted(err) {
+			lost := &lostError{err: fmt.Errorf("inbox: %s after %s: %w", step, culprit.d.ID, err), attempted: b.attempted()}
+			if lastTimedOut || !tx.Conn().IsClosed() {
+				lost.culprit = culprit
+				culprit.out, culprit.fail = outFailed, b.classify(culprit,
+					fmt.Errorf("handler returned nil but left the connection unusable: %w", err))
+			}
+			return lost
+		}
+		b.failed(culprit, fmt.Errorf("handler returned nil but left the transaction aborted: %w", err))
+		last = nil
+		if err := sp.rollback(bctx); err != nil {
+			return &lostError{err: fmt.Errorf("inbox: rollback to savepoint: %w", err), attempted: b.attempted()}
+		}
+		return nil
+	}
+	for _, e := range b.entries {
+		if e.out != outNone {
+			continue
+		}
+		if b.expired(ctx) {
+			break
+		}
+		if b.waits(e) {
+			b.block(e)
+			continue
+		}
+		if err := sp.next(bctx); err != nil {
+			if err := after("savepoint", err); err != nil {
+				return err
+			}
+		}
+		timedOut, herr := b.c.call(bctx, tx, e.d)
+		if herr == nil {
+			e.out = outHandled
+			last, lastTimedOut = e, timedOut
+			continue
+		}
+		last = nil
+		if err := sp.rollback(bctx); err != nil {
+			// The connection is gone (a handler timeout closes it, so does
+			// a killed backend): the batch is lost.
+			lost := &lostError{err: fmt.Errorf("inbox: rollback to savepoint after %s failed: %w", e.d.ID, err), attempted: b.attempted() + 1}
+			if timedOut {
+				lost.culprit = e
+				e.out, e.fail = outFailed, b.classify(e, herr)
+			}
+			return lost
+		}
+		b.failed(e, herr)
+	}
+	if err := sp.release(bctx); err != nil {
+		if err := after("release savepoint", err); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// call runs the handler with its timeout, the message as the cause of what
+// it publishes, and panics turned into errors. timedOut reports whether the
+// handler's context had expired when it returned.
+func (c *Consumer) call(ctx context.Context, tx pgx.Tx, d *Delivery) (timedOut bool, err error) {
+	hctx, cancel := context.WithTimeout(postbox.WithCause(ctx, &d.Message), c.cfg.HandlerTimeout)
+	defer cancel()
+	defer func() { timedOut = hctx.Err() != nil }()
+	defer func() {
+		if p := recover(); p != nil {
+			c.cfg.Logger.Error("handler panicked", "subscriber", d.Subscriber, "message_id", d.ID,
+				"panic", p, "stack", string(debug.Stack()))
+			err = fmt.Errorf("handler panicked: %v", p)
+		}
+	}()
+	return false, c.cfg.Handler.Handle(hctx, ownedTx{tx}, d)
+}
+
+// isAborted reports whether err is PostgreSQL's "current transaction is
+// aborted" (25P02).
+func isAborted(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "25P02"
+}
+
+// batchSavepoint is taken right after own: rolling back to it undoes the
+// handlers' effects but keeps the partitions' locks.
+const batchSavepoint = "postbox_batch"
+
+// savepoint keeps one savepoint open around the current handler. Moving to
+// the next handler releases the previous savepoint and opens a new one in
+// one round trip.
+type savepoint struct {
+	tx   pgx.Tx
+	open bool
+}
+
+func (s *savepoint) next(ctx context.Context) error {
+	sql := "SAVEPOINT postbox_delivery"
+	if s.open {
+		sql = "RELEASE SAVEPOINT postbox_delivery; SAVEPOINT postbox_delivery"
+	}
+	if _, err := s.tx.Exec(ctx, sql); err != nil {
+		return err
+	}
+	s.open = true
+	return nil
+}
+
+// rollback undoes everything since the savepoint, which stays open.
+func (s *savepoint) rollback(ctx context.Context) error {
+	_, err := s.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT postbox_delivery")
+	return err
+}
+
+func (s *savepoint) release(ctx context.Context) error {
+	if !s.open {
+		return nil
+	}
+	if _, err := s.tx.Exec(ctx, "RELEASE SAVEPOINT postbox_delivery"); err != nil {
+		return err
+	}
+	s.open = false
+	return nil
+}

@@ -1,0 +1,244 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/postbox-dev/postbox/internal/db"
+)
+
+// once claims one batch, handles it and commits it, and returns how many
+// deliveries it claimed.
+func (w *worker) once(ctx context.Context) (int, error) {
+	c := w.c
+	set, err := c.loadSettings(ctx)
+	if err != nil {
+		return 0, err
+	}
+	size := w.size()
+	started := time.Now()
+	rows, err := w.claim(ctx, set, size)
+	c.claims.Add(1)
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, nil
+		}
+		c.errs.Add(1)
+		return 0, err
+	}
+	if len(rows) == 0 {
+		c.emptyClaims.Add(1)
+		return 0, nil
+	}
+	c.coord.workSeen.Store(true)
+	if len(rows) >= size && c.coord.idle.Load() > 0 {
+		c.coord.wakeOne() // a full batch: more is likely waiting
+	}
+	b := newBatch(c, set, rows, started, time.Since(started))
+	if err := w.handle(ctx, b); err != nil {
+		c.errs.Add(1)
+		return len(rows), err
+	}
+	return len(rows), nil
+}
+
+// handle runs one claimed batch in a transaction of its own. The batch is
+// not cut short by ctx: it commits or rolls back whole, and ctx only stops
+// it from starting more handlers.
+func (w *worker) handle(ctx context.Context, b *batch) error {
+	c := w.c
+	bctx := context.WithoutCancel(ctx)
+	conn, err := c.pool.Acquire(bctx)
+	if err != nil {
+		return fmt.Errorf("inbox: acquire: %w", err)
+	}
+	defer conn.Release()
+	// The claim's reasoning is READ COMMITTED's, whatever the server's default.
+	tx, err := conn.BeginTx(bctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		return fmt.Errorf("inbox: begin: %w", err)
+	}
+	defer tx.Rollback(bctx)
+	owned, err := own(bctx, tx, c.cfg.Subscriber, b.parts)
+	if err != nil {
+		return w.lost(b, &lostError{err: err})
+	}
+	if dropped := b.keepOwned(owned); dropped > 0 {
+		c.conflicts.Add(int64(dropped))
+	}
+	if len(owned) == 0 {
+		return nil // every partition was taken meanwhile: claim again
+	}
+	c.busy.add(owned)
+	defer c.busy.remove(owned)
+	if w.dedup {
+		// The last batch met a second copy of a handled message: look them
+		// up before handling this one.
+		handled, err := db.New(tx).ProcessedAmong(bctx, db.ProcessedAmongParams{Subscriber: c.cfg.Subscriber, MessageIds: b.ids()})
+		if err != nil {
+			return w.lost(b, &lostError{err: fmt.Errorf("inbox: dedup check: %w", err)})
+		}
+		b.markDuplicates(handled)
+		w.dedup = false
+	}
+	if err := b.run(ctx, bctx, tx); err != nil {
+		return w.lost(b, err)
+	}
+	err = db.New(tx).FinishBatch(bctx, b.finishParams())
+	if isAborted(err) && c.cfg.Handler != nil {
+		// The last handler returned nil over a transaction it left aborted:
+		// run again carefully, which finds it.
+		if _, rerr := tx.Exec(bctx, "ROLLBACK TO SAVEPOINT "+batchSavepoint); rerr != nil {
+			return w.lost(b, &lostError{err: rerr})
+		}
+		b.reset()
+		if err := b.careful(ctx, bctx, tx); err != nil {
+			return w.lost(b, err)
+		}
+		err = db.New(tx).FinishBatch(bctx, b.finishParams())
+	}
+	if err != nil {
+		return w.finishFailed(b, err)
+	}
+	if err := tx.Commit(bctx); err != nil {
+		return w.commitFailed(b, err)
+	}
+	w.limit = min(2*w.limit, c.cfg.BatchSize)
+	c.count(b)
+	return nil
+}
+
+// finishFailed handles an error of finish_batch. A second copy of a
+// handled message (unique_violation on processed) or a partition another
+// batch finished first (PBC01) is nobody's failure: the batch is simply
+// claimed again, looking up handled IDs first.
+func (w *worker) finishFailed(b *batch, err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "23505":
+			w.dedup = true
+			return nil
+		case "PBC01":
+			w.c.conflicts.Add(1)
+			return nil
+		}
+	}
+	return w.lost(b, &lostError{err: fmt.Errorf("inbox: finish batch: %w", err), attempted: b.attempted()})
+}
+
+// commitFailed handles a refused COMMIT (a handler's effects violate a
+// deferred constraint): some delivery of the batch is to blame, and
+// claiming the same batch again would fail again. Alone in its batch, the
+// delivery is charged the attempt; otherwise the next claims take one
+// delivery at a time until it shows itself.
+func (w *worker) commitFailed(b *batch, err error) error {
+	err = fmt.Errorf("inbox: commit: %w", err)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return w.lost(b, &lostError{err: err, attempted: b.attempted()}) // the connection failed
+	}
+	var attempted []*entry
+	for _, e := range b.entries {
+		if e.out == outHandled {
+			attempted = append(attempted, e)
+		}
+	}
+	if len(attempted) == 1 {
+		e := attempted[0]
+		e.out, e.fail = outFailed, b.classify(e, fmt.Errorf("commit refused: %w", pgErr))
+		w.recordAlone(b, e)
+		return err
+	}
+	w.isolated = len(b.entries)
+	return err
+}
+
+// lost handles a batch whose transaction is gone. The server ending the
+// session (a timeout, an administrator) or the connection failing makes
+// the worker's batches smaller; a delivery whose own doing it was (its
+// handler's timeout closed the connection, it left the connection busy,
+// or it ran alone when the server timed the session out) is charged the
+// attempt in a transaction of its own, so it cannot stall every batch it
+// lands in. Nobody else is charged anything.
+func (w *worker) lost(b *batch, err error) error {
+	var lost *lostError
+	if !errors.As(err, &lost) {
+		return err
+	}
+	w.limit = max(1, w.limit/2)
+	culprit := lost.culprit
+	if culprit == nil && lost.attempted == 1 && sessionTimedOut(lost.err) {
+		for _, e := range b.entries {
+			if e.out == outHandled || e.out == outFailed {
+				culprit = e
+				e.out, e.fail = outFailed, b.classify(e, lost.err)
+			}
+		}
+	}
+	if culprit != nil {
+		if lost.attempted > 1 || !first(b, culprit) {
+			// Not alone: find it alone.
+			w.isolated = len(b.entries)
+		} else {
+			w.recordAlone(b, culprit)
+		}
+	}
+	return lost.err
+}
+
+// sessionTimedOut reports whether the server ended the session for a
+// timeout of its own: idle_in_transaction_session_timeout (25P03) or
+// transaction_timeout (25P04). An administrator's termination (57P01) or
+// a lost connection is nobody's fault.
+func sessionTimedOut(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "25P03" || pgErr.Code == "25P04")
+}
+
+// first reports whether e can be recorded alone: a parked delivery always
+// can; a stream one only if no stream delivery of its partition comes
+// before it in the batch (its cursor then moves past it alone).
+func first(b *batch, e *entry) bool {
+	if !e.stream() {
+		return true
+	}
+	for _, o := range b.entries {
+		if o == e {
+			return true
+		}
+		if o.stream() && o.row.Part == e.row.Part {
+			return false
+		}
+	}
+	return false
+}
+
+// recordAlone records culprit's failed attempt in a batch of its own, after
+// the batch's transaction was lost. It is idempotent: a partition another
+// consumer moved on meanwhile makes it a no-op, and an attempt already
+// counted is not counted again.
+func (w *worker) recordAlone(b *batch, culprit *entry) {
+	c := w.c
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	alone := &batch{c: c, set: b.set, entries: []*entry{culprit}, started: time.Now(),
+		parts: map[int16]cursorAt{culprit.row.Part: b.parts[culprit.row.Part]}}
+	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+		owned, err := own(ctx, tx, c.cfg.Subscriber, alone.parts)
+		if err != nil || len(owned) == 0 {
+			return err
+		}
+		return db.New(tx).FinishBatch(ctx, alone.finishParams())
+	})
+	if err != nil {
+		c.cfg.Logger.Error("record failed attempt", "subscriber", c.cfg.Subscriber, "message_id", culprit.d.ID, "err", err)
+		return
+	}
+	c.count(alone)
+}
