@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -62,7 +63,24 @@ func relayChild() int {
 	if err != nil {
 		return fail(err)
 	}
-	r, err := relay.New(pool, relay.Config{Sink: sink, BatchSize: childBatch})
+	var relaySink dispatcher.Sink = sink
+	if os.Getenv(childEnv) == "run" {
+		// Tell the test when the third batch is half published, so that
+		// it kills this process while the rest is being published.
+		var batches atomic.Int64
+		relaySink = dispatcher.SinkFunc(func(ctx context.Context, b []dispatcher.Envelope) error {
+			if batches.Add(1) != 3 || len(b) < 2 {
+				return sink.Deliver(ctx, b)
+			}
+			half := len(b) / 2
+			if err := sink.Deliver(ctx, b[:half]); err != nil {
+				return err
+			}
+			fmt.Printf("published %d of a batch of %d\n", half, len(b))
+			return sink.Deliver(ctx, b[half:])
+		})
+	}
+	r, err := relay.New(pool, relay.Config{Sink: relaySink, BatchSize: childBatch})
 	if err != nil {
 		return fail(err)
 	}
@@ -112,8 +130,8 @@ func startChild(t *testing.T, mode, dbURL, natsURL, prefix string) (*exec.Cmd, *
 }
 
 // Issue 14's crash test, short form: a relay process is killed -9 while it
-// publishes a batch (some of the batch in the stream, its outbox rows not
-// yet deleted). After a restart every message is in the stream exactly
+// publishes a batch (half of it acknowledged, the rest being published,
+// its outbox rows not yet deleted). After a restart every message is in the stream exactly
 // once, the re-sent part of the batch counted as duplicates, and the
 // consuming side applies every effect once, in order per key.
 func TestRelayKilledWhilePublishingLosesAndDuplicatesNothing(t *testing.T) {
@@ -136,30 +154,28 @@ func TestRelayKilledWhilePublishingLosesAndDuplicatesNothing(t *testing.T) {
 	ids := publish(t, ctx, pool, messages, keys)
 	start := time.Now()
 
-	child, _ := startChild(t, "run", dbURL, natsURL, st.prefix)
-	var killedAt int
-	// Kill it after its first batch, part way through a later one.
-	waitFor(t, ctx, 30*time.Second, "the relay to be part way through a batch", func() bool {
-		n := st.msgs(t, ctx)
-		if n == messages {
-			t.Fatal("the relay finished before it could be killed")
-		}
-		if n < childBatch || n%childBatch == 0 {
-			return false
-		}
-		if err := child.Process.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		killedAt = n
-		return true
-	})
+	child, out := startChild(t, "run", dbURL, natsURL, st.prefix)
+	var half, size int
+	if !out.Scan() {
+		t.Fatalf("relay child ended before its third batch: %v", out.Err())
+	}
+	if _, err := fmt.Sscanf(out.Text(), "published %d of a batch of %d", &half, &size); err != nil {
+		t.Fatalf("relay child printed %q: %v", out.Text(), err)
+	}
+	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
 	if err := child.Wait(); err == nil || !strings.Contains(err.Error(), "killed") {
 		t.Fatalf("relay child ended with %v, want killed", err)
 	}
-	t.Logf("%s: killed the relay with %d of %d messages in the stream (%d of a batch)",
-		time.Since(start).Round(time.Millisecond), killedAt, messages, killedAt%childBatch)
+	killedAt := st.msgs(t, ctx)
+	t.Logf("%s: killed the relay while it published a batch of %d, %d of them acknowledged; %d of %d messages in the stream",
+		time.Since(start).Round(time.Millisecond), size, half, killedAt, messages)
+	if killedAt == messages {
+		t.Fatal("the relay finished before it could be killed")
+	}
 
-	child, out := startChild(t, "drain", dbURL, natsURL, st.prefix)
+	child, out = startChild(t, "drain", dbURL, natsURL, st.prefix)
 	var stats childStats
 	for out.Scan() {
 		if err := json.Unmarshal(out.Bytes(), &stats); err != nil {
@@ -170,9 +186,9 @@ func TestRelayKilledWhilePublishingLosesAndDuplicatesNothing(t *testing.T) {
 		t.Fatalf("draining relay child: %v", err)
 	}
 	t.Logf("%s: restarted relay drained the outbox: %+v", time.Since(start).Round(time.Millisecond), stats)
-	if stats.Sink.Duplicates < int64(killedAt%childBatch) {
-		t.Errorf("restarted relay's sink counted %d duplicates, want at least the %d of the interrupted batch in the stream",
-			stats.Sink.Duplicates, killedAt%childBatch)
+	if stats.Sink.Duplicates < int64(half) {
+		t.Errorf("restarted relay's sink counted %d duplicates, want at least the %d of the interrupted batch acknowledged before the kill",
+			stats.Sink.Duplicates, half)
 	}
 	checkStream(t, ctx, js, st, ids)
 
