@@ -164,12 +164,17 @@ func (c *Consumer) Stats() ConsumerStats {
 	}
 }
 
-// Run handles messages until ctx ends, then returns nil once the handlers
-// in flight have finished and every message fetched but not handled has
-// gone back to the server (Nak), in stream order, so that a Consumer
-// started later sees each key's messages in order. It returns an error if
-// the subscription cannot start or ends while ctx is still alive (the
-// consumer was deleted, the connection closed).
+// Run handles messages until ctx ends. It then stops fetching, handles the
+// messages already fetched (at most a few hundred), gives back those held
+// behind a failed message of their key (NakWithDelay, due after it), and
+// returns nil. It returns an error if the subscription cannot start or
+// ends while ctx is still alive (the consumer was deleted, the connection
+// closed).
+//
+// Handling what was fetched rather than giving it back keeps order across
+// a restart: the server may serve the next Consumer's first pull before it
+// has processed a Nak sent just before, so a message given back could be
+// redelivered after a later message of its key.
 func (c *Consumer) Run(ctx context.Context) error {
 	log := c.cfg.Logger.With("subscriber", c.cfg.Subscriber)
 	it, err := c.cons.Messages(natsjs.PullMaxMessages(prefetch * c.cfg.Concurrency))
@@ -180,12 +185,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	log.Info("jetstream consumer started", "concurrency", c.cfg.Concurrency)
 	defer log.Info("jetstream consumer stopped")
 
-	var stopping atomic.Bool
 	workers := make([]*worker, c.cfg.Concurrency)
 	var wg sync.WaitGroup
 	for i := range workers {
-		workers[i] = &worker{c: c, log: log, stopping: &stopping,
-			in: make(chan natsjs.Msg, workerQueue), held: make(map[string]*hold)}
+		workers[i] = &worker{c: c, log: log, in: make(chan natsjs.Msg, workerQueue), held: make(map[string]*hold)}
 		wg.Go(workers[i].run)
 	}
 	seed := maphash.MakeSeed()
@@ -219,9 +222,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			log.Warn("jetstream consumer: next message", "err", err)
 		}
 	}
-	// Stop pulling, and hand what is buffered to the workers, which now
-	// give it back instead of handling it.
-	stopping.Store(true)
+	// Stop pulling, and handle what is buffered.
 	it.Drain()
 	for {
 		msg, err := it.Next(natsjs.NextMaxWait(time.Second))
@@ -239,11 +240,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 
 // worker handles the messages of its keys one at a time.
 type worker struct {
-	c        *Consumer
-	log      *slog.Logger
-	stopping *atomic.Bool
-	in       chan natsjs.Msg
-	held     map[string]*hold
+	c    *Consumer
+	log  *slog.Logger
+	in   chan natsjs.Msg
+	held map[string]*hold
 }
 
 // hold keeps a key's later messages back while its failed message waits
@@ -282,10 +282,6 @@ func (w *worker) accept(msg natsjs.Msg) {
 	key := msg.Headers().Get(HeaderKey)
 	h, held := w.held[key]
 	switch {
-	case w.stopping.Load() && held:
-		h.waiting = appendDelivery(h.waiting, msg, meta.Sequence.Stream)
-	case w.stopping.Load():
-		w.settle(msg.Nak, "nak")
 	case key == "" || !held:
 		if due, failed := w.handle(msg, meta); failed && key != "" {
 			w.held[key] = &hold{seq: meta.Sequence.Stream, due: due}

@@ -141,3 +141,57 @@ func TestConsumerNeedsExplicitAcks(t *testing.T) {
 		t.Errorf("NewConsumer on an AckNone consumer = %v, want an error asking for AckExplicitPolicy", err)
 	}
 }
+
+// A Consumer stopped part way handles what it had fetched before Run
+// returns, so a second Consumer on the same JetStream consumer carries on
+// at once (nothing waits for AckWait) with every key in order.
+func TestRestartedConsumerCarriesOnInOrder(t *testing.T) {
+	t.Parallel()
+	const (
+		messages = 3000
+		keys     = 30
+	)
+	ctx := testContext(t, 60*time.Second)
+	pool := pgtest.Pool(t, 8)
+	createEffects(t, ctx, pool)
+	_, js := connect(t, startServer(t))
+	st := createStream(t, ctx, js, time.Minute)
+	ids := publish(t, ctx, pool, messages, keys)
+	sink, err := NewSink(js, SinkConfig{Subject: st.subject})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := relay.New(pool, relay.Config{Sink: sink})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cons := createConsumer(t, ctx, js, st)
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := NewConsumer(pool, cons, ConsumerConfig{Subscriber: "inventory", Handler: effectHandler})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runConsumer(t, first)
+	waitFor(t, ctx, 30*time.Second, "a third of the effects", func() bool {
+		return count(t, ctx, pool, `SELECT count(*) FROM effects`) >= messages/3
+	})
+	stop()
+	second, err := NewConsumer(pool, cons, ConsumerConfig{Subscriber: "inventory", Handler: effectHandler})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	stop = runConsumer(t, second)
+	waitFor(t, ctx, info.Config.AckWait/2, "the rest of the effects, well within AckWait", func() bool {
+		return count(t, ctx, pool, `SELECT count(*) FROM effects`) >= messages
+	})
+	stop()
+	t.Logf("first consumer %+v; second %+v, done in %s", first.Stats(), second.Stats(), time.Since(start).Round(time.Millisecond))
+	checkEffects(t, ctx, pool, ids)
+}

@@ -73,9 +73,14 @@
 //     one at a time, in stream order. When a handler fails, the message is
 //     redelivered after a backoff (NakWithDelay), and the key's later
 //     messages wait in the Consumer (kept alive with InProgress) until it
-//     succeeds or is terminated. This holds across a graceful restart; a
-//     Consumer killed outright leaves its unacknowledged messages to come
-//     back after AckWait, possibly after later messages of their keys.
+//     succeeds or is terminated. A Consumer stopping handles what it had
+//     fetched, so order holds across a graceful restart, except for a key
+//     whose failed message then waits for redelivery: the next Consumer
+//     may get a later message of that key first. A Consumer killed
+//     outright leaves its unacknowledged messages to come back after
+//     AckWait, possibly after later messages of their keys. Effects still
+//     happen once; for strict order across such restarts, see the README
+//     (MaxAckPending 1 per partition of subjects).
 //
 // A handler error marked postbox.Permanent terminates the message (Term):
 // JetStream never delivers it to this consumer again and publishes a
