@@ -257,7 +257,7 @@ type hold struct {
 
 func (w *worker) run() {
 	// Held messages are kept alive (InProgress) well within AckWait.
-	tick := time.NewTicker(w.c.ackWait / 3)
+	tick := time.NewTicker(max(w.c.ackWait/3, 10*time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {
