@@ -46,7 +46,12 @@ type SubscriberConfig struct {
 	// with different keys may be acked in any order.
 	Concurrency int
 	// BatchSize is the most deliveries one transaction claims; acked ones
-	// commit together when the batch ends. Default 50.
+	// commit together when the batch ends. Default 1: each message commits
+	// on its own, right after its Ack. Larger batches commit several Acks
+	// at once, which is faster, but the inbox runs a batch optimistically
+	// and, when one of its deliveries fails, runs the others again: a
+	// message acked before a Nack in the same batch is then delivered a
+	// second time (its effects through the transaction still happen once).
 	BatchSize int
 	// PollInterval, NoListen: as in inbox.Config. The relay's wake-ups
 	// take one extra connection per Subscribe (LISTEN); with NoListen,
@@ -120,6 +125,9 @@ func NewSubscriber(pool *pgxpool.Pool, cfg SubscriberConfig) (*Subscriber, error
 	}
 	if cfg.Concurrency == 0 {
 		cfg.Concurrency = 1
+	}
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = 1
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
