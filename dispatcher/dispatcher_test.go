@@ -6,11 +6,16 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/dispatcher"
+	"github.com/postbox-dev/postbox/inbox"
+	"github.com/postbox-dev/postbox/internal/murmur2"
 	"github.com/postbox-dev/postbox/internal/pgtest"
 	"github.com/postbox-dev/postbox/outbox"
 	"github.com/postbox-dev/postbox/relay"
@@ -154,12 +159,13 @@ func TestPartitionAgreesWithKafka(t *testing.T) {
 	}
 }
 
-// The relay puts each delivery in the partition Partition computes, with the
-// subscriber's own partition count.
+// Deliveries carry the partition Partition computes with the subscriber's
+// own partition count (Delivery.Partition), and the relay writes each to
+// the stream with the key's murmur2 hash, in order partition hash % 16.
 func TestRelayPartitionsLikePartition(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := pgtest.Pool(t, 4)
+	pool := pgtest.Pool(t, 8)
 	if err := dispatcher.DeclareQueue(ctx, pool, "twelve", dispatcher.Options{Partitions: 12}); err != nil {
 		t.Fatal(err)
 	}
@@ -185,21 +191,24 @@ func TestRelayPartitionsLikePartition(t *testing.T) {
 	if _, err := r.Drain(ctx); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := pool.Query(ctx, `SELECT subscriber, key, partition FROM postbox.inbox`)
+
+	// The stream rows: the key's hash, and its order partition.
+	rows, err := pool.Query(ctx, `SELECT subscriber, key, key_hash, part FROM postbox.inbox`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
 	n := 0
 	for rows.Next() {
 		var sub, key string
-		var part int
-		if err := rows.Scan(&sub, &key, &part); err != nil {
+		var hash, part int
+		if err := rows.Scan(&sub, &key, &hash, &part); err != nil {
 			t.Fatal(err)
 		}
-		parts := map[string]int{"twelve": 12, "seven": 7}[sub]
-		if want := dispatcher.Partition(key, parts); part != want {
-			t.Errorf("%s: key %q in partition %d, want %d", sub, key, part, want)
+		if want := murmur2.Positive([]byte(key)); int32(hash) != want {
+			t.Errorf("%s: key %q has key_hash %d, want murmur2 %d", sub, key, hash, want)
+		}
+		if want := dispatcher.Partition(key, 16); part != want {
+			t.Errorf("%s: key %q in order partition %d, want %d", sub, key, part, want)
 		}
 		n++
 	}
@@ -209,6 +218,38 @@ func TestRelayPartitionsLikePartition(t *testing.T) {
 	if n != 2*len(keys) {
 		t.Errorf("%d deliveries, want %d", n, 2*len(keys))
 	}
+
+	// What handlers see.
+	for sub, parts := range map[string]int{"twelve": 12, "seven": 7} {
+		var mu sync.Mutex
+		got := map[string]int{}
+		c, err := inbox.NewConsumer(pool, inbox.Config{Subscriber: sub, NoListen: true,
+			Handler: inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
+				mu.Lock()
+				defer mu.Unlock()
+				got[d.Key] = d.Partition
+				return nil
+			})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pgtest.WaitFor(t, ctx, 20*time.Second, sub+"'s deliveries handled", func() bool {
+			if _, err := c.RunOnce(ctx); err != nil {
+				t.Fatal(err)
+			}
+			return pgtest.Depths(t, ctx, pool, sub).Pending() == 0
+		})
+		mu.Lock()
+		if len(got) != len(keys) {
+			t.Errorf("%s: handled keys %v, want %d", sub, got, len(keys))
+		}
+		for _, k := range keys {
+			if p, ok := got[k]; !ok || p != dispatcher.Partition(k, parts) {
+				t.Errorf("%s: key %q handled with Partition %d (seen %v), want %d", sub, k, p, ok, dispatcher.Partition(k, parts))
+			}
+		}
+		mu.Unlock()
+	}
 }
 
 func TestDeclareAndSubscribe(t *testing.T) {
@@ -217,7 +258,8 @@ func TestDeclareAndSubscribe(t *testing.T) {
 	pool := pgtest.Pool(t, 2)
 
 	opts := dispatcher.Options{Partitions: 8, MaxAttempts: 3, Retention: time.Hour,
-		Backoff: dispatcher.Backoff{Initial: 100 * time.Millisecond, Max: time.Minute, Multiplier: 3}}
+		Backoff:   dispatcher.Backoff{Initial: 100 * time.Millisecond, Max: time.Minute, Multiplier: 3},
+		KeyOnDead: dispatcher.KeyParks}
 	if err := dispatcher.DeclareQueue(ctx, pool, "billing", opts); err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +276,7 @@ func TestDeclareAndSubscribe(t *testing.T) {
 	}
 	if got, _ := dispatcher.GetSubscriber(ctx, pool, "billing"); got.Options.MaxAttempts != dispatcher.DefaultMaxAttempts ||
 		got.Options.Partitions != dispatcher.DefaultPartitions || got.Options.Backoff != dispatcher.DefaultBackoff ||
-		got.Options.Retention != dispatcher.DefaultRetention {
+		got.Options.Retention != dispatcher.DefaultRetention || got.Options.KeyOnDead != dispatcher.KeyProceeds {
 		t.Errorf("after redeclaring with defaults: %+v", got.Options)
 	}
 
@@ -297,6 +339,8 @@ func TestOptionsValidation(t *testing.T) {
 		{Backoff: dispatcher.Backoff{Initial: -time.Second}},
 		{Backoff: dispatcher.Backoff{Initial: time.Minute, Max: time.Second}},
 		{Backoff: dispatcher.Backoff{Multiplier: 0.5}},
+		{KeyOnDead: "wait"},
+		{KeyOnDead: "Park"},
 	} {
 		err := dispatcher.DeclareQueue(ctx, pool, "q", o)
 		var ve *postbox.ValidationError

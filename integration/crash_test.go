@@ -66,18 +66,19 @@ func TestRelayKilledMidBatchLosesAndDuplicatesNothing(t *testing.T) {
 		}
 	}()
 
-	// Every batch commits whole, so the inbox only ever holds whole batches.
+	// Every batch commits whole, so the inbox stream only ever holds whole
+	// batches (nothing consumes it here).
 	inboxCount := func() int {
-		n := count(t, ctx, pool, `SELECT count(*) FROM postbox.inbox`)
+		n := pgtest.Count(t, ctx, pool, `SELECT count(*) FROM postbox.inbox`)
 		if n%batch != 0 {
 			t.Fatalf("inbox holds %d rows, not a whole number of %d-row batches", n, batch)
 		}
 		return n
 	}
 	// Let one batch commit, then kill the relay's backend in a later one.
-	waitFor(t, ctx, 30*time.Second, "the first batch", func() bool { return inboxCount() > 0 })
+	pgtest.WaitFor(t, ctx, 30*time.Second, "the first batch", func() bool { return inboxCount() > 0 })
 	var killedAt int
-	waitFor(t, ctx, 30*time.Second, "a relay statement to kill", func() bool {
+	pgtest.WaitFor(t, ctx, 30*time.Second, "a relay statement to kill", func() bool {
 		if r.Stats().Errors > 0 {
 			return true
 		}
@@ -85,7 +86,7 @@ func TestRelayKilledMidBatchLosesAndDuplicatesNothing(t *testing.T) {
 		err := pool.QueryRow(ctx, `
 			SELECT pid FROM pg_stat_activity
 			WHERE datname = current_database() AND application_name = $1
-			  AND state = 'active' AND query LIKE '%postbox.relay_partitions%'`, appName).Scan(&pid)
+			  AND state = 'active' AND query LIKE '%postbox.relay_batch%'`, appName).Scan(&pid)
 		if errors.Is(err, pgx.ErrNoRows) {
 			if inboxCount() == messages {
 				t.Fatal("the relay finished before its connection could be killed")
@@ -104,8 +105,8 @@ func TestRelayKilledMidBatchLosesAndDuplicatesNothing(t *testing.T) {
 	})
 	t.Logf("%s: killed the relay's backend with %d of %d messages relayed; relay stats %+v", time.Since(start), killedAt, messages, r.Stats())
 
-	waitFor(t, ctx, 60*time.Second, "every message relayed", func() bool {
-		return inboxCount() == messages && count(t, ctx, pool, `SELECT count(*) FROM postbox.outbox`) == 0
+	pgtest.WaitFor(t, ctx, 60*time.Second, "every message relayed", func() bool {
+		return inboxCount() == messages && pgtest.Count(t, ctx, pool, `SELECT count(*) FROM postbox.outbox`) == 0
 	})
 	t.Logf("%s: all relayed", time.Since(start))
 	stop()

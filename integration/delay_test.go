@@ -16,9 +16,10 @@ import (
 	"github.com/postbox-dev/postbox/outbox"
 )
 
-// A message with DeliverAt in the future is relayed at once, but its inbox
-// row becomes claimable (available_at <= now()) only at DeliverAt. A sibling
-// without DeliverAt is claimable at once, so the claim query can see rows.
+// A message with DeliverAt in the future is relayed at once, but its
+// delivery (available_at = DeliverAt) is ready only at DeliverAt, waiting
+// until then in postbox.queue_depths. A sibling without DeliverAt is ready at
+// once, so the test would notice a view that counts nothing.
 func TestDeliverAtDelaysHandling(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 30*time.Second)
@@ -50,53 +51,25 @@ func TestDeliverAtDelaysHandling(t *testing.T) {
 		t.Fatalf("available_at = %s, want DeliverAt %s to the microsecond", availableAt.Format(time.RFC3339Nano), want.Format(time.RFC3339Nano))
 	}
 
-	const claimable = `SELECT message_id FROM postbox.inbox
-		WHERE subscriber = 'reminders' AND status = 'pending' AND available_at <= now()
-		ORDER BY available_at, seq`
-	ready := func() []string {
-		rows, err := pool.Query(ctx, claimable)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		var ids []string
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				t.Fatal(err)
-			}
-			ids = append(ids, id)
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
-		return ids
-	}
-	got := ready()
+	// Before DeliverAt the delayed delivery waits and its sibling is ready;
+	// the view and the test share this machine's clock with the database.
+	depths := func() pgtest.Depth { return pgtest.Depths(t, ctx, pool, "reminders") }
+	got := depths()
 	if answered := time.Now(); !answered.Before(deliverAt) {
 		t.Fatalf("the test was too slow to look before DeliverAt (%s late)", answered.Sub(deliverAt))
 	}
-	if len(got) != 1 || got[0] != now.ID.String() {
-		t.Fatalf("claimable before DeliverAt = %v, want only %s", got, now.ID)
+	if got != (pgtest.Depth{Ready: 1, Waiting: 1}) {
+		t.Fatalf("reminders before DeliverAt: %+v, want 1 ready and the delayed one waiting", got)
 	}
-	var waiting int
-	if err := pool.QueryRow(ctx, `SELECT waiting FROM postbox.queue_depths WHERE subscriber = 'reminders'`).Scan(&waiting); err != nil {
-		t.Fatal(err)
-	}
-	if waiting != 1 {
-		t.Errorf("queue_depths.waiting = %d before DeliverAt, want 1", waiting)
-	}
-
-	waitFor(t, ctx, 10*time.Second, "the delayed message to become claimable", func() bool {
-		got = ready()
-		// Database and test share this machine's clock.
-		if answered := time.Now(); len(got) == 2 && answered.Before(deliverAt) {
-			t.Fatalf("delayed message claimable at %s, before DeliverAt %s", answered, deliverAt)
+	pgtest.WaitFor(t, ctx, 10*time.Second, "the delayed message to become ready", func() bool {
+		got = depths()
+		if answered := time.Now(); got.Ready == 2 && answered.Before(deliverAt) {
+			t.Fatalf("delayed message ready at %s, before DeliverAt %s", answered, deliverAt)
 		}
-		return len(got) == 2
+		return got.Ready == 2
 	})
-	if got[1] != later.ID.String() {
-		t.Errorf("claim order after DeliverAt = %v, want %s last", got, later.ID)
+	if got != (pgtest.Depth{Ready: 2}) {
+		t.Errorf("reminders after DeliverAt: %+v, want both ready", got)
 	}
 }
 
@@ -148,7 +121,7 @@ func TestConsumerWaitsForDeliverAt(t *testing.T) {
 		}
 	}()
 
-	waitFor(t, ctx, 10*time.Second, "the undelayed message to be handled", func() bool {
+	pgtest.WaitFor(t, ctx, 10*time.Second, "the undelayed message to be handled", func() bool {
 		_, ok := handled(now.ID)
 		return ok
 	})
@@ -160,7 +133,7 @@ func TestConsumerWaitsForDeliverAt(t *testing.T) {
 	if !time.Now().Before(deliverAt) {
 		t.Fatalf("the test was too slow to look before DeliverAt")
 	}
-	waitFor(t, ctx, 10*time.Second, "the delayed message to be handled", func() bool {
+	pgtest.WaitFor(t, ctx, 10*time.Second, "the delayed message to be handled", func() bool {
 		_, ok := handled(later.ID)
 		return ok
 	})
@@ -168,7 +141,7 @@ func TestConsumerWaitsForDeliverAt(t *testing.T) {
 		t.Errorf("delayed message handled at %s, before DeliverAt %s", at.Format(time.RFC3339Nano), deliverAt.Format(time.RFC3339Nano))
 	}
 	// The handler runs before its batch commits; wait for the commit.
-	waitFor(t, ctx, 10*time.Second, "both messages marked processed", func() bool {
-		return count(t, ctx, pool, `SELECT count(*) FROM postbox.processed WHERE subscriber = 'reminders'`) == 2
+	pgtest.WaitFor(t, ctx, 10*time.Second, "both messages marked processed", func() bool {
+		return pgtest.Count(t, ctx, pool, `SELECT count(*) FROM postbox.processed WHERE subscriber = 'reminders'`) == 2
 	})
 }

@@ -34,7 +34,7 @@ func TestRolledBackPublishIsNeverDelivered(t *testing.T) {
 	if err := outbox.Publish(ctx, open, rolledBack); err != nil {
 		t.Fatal(err)
 	}
-	if n := count(t, ctx, open, `SELECT count(*) FROM postbox.outbox WHERE message_id = $1`, rolledBack.ID); n != 1 {
+	if n := pgtest.Count(t, ctx, open, `SELECT count(*) FROM postbox.outbox WHERE message_id = $1`, rolledBack.ID); n != 1 {
 		t.Fatalf("inside its transaction the message has %d outbox rows, want 1", n)
 	}
 
@@ -61,13 +61,13 @@ func TestRolledBackPublishIsNeverDelivered(t *testing.T) {
 		t.Fatalf("drain after the rollback = %+v, want nothing claimed", res)
 	}
 
-	if n := count(t, ctx, pool, `SELECT count(*) FROM postbox.inbox WHERE message_id = $1`, rolledBack.ID); n != 0 {
+	if n := pgtest.Count(t, ctx, pool, `SELECT count(*) FROM postbox.inbox WHERE message_id = $1`, rolledBack.ID); n != 0 {
 		t.Errorf("rolled-back message has %d inbox rows, want 0", n)
 	}
-	if n := count(t, ctx, pool, `SELECT count(*) FROM postbox.inbox WHERE message_id = $1 AND subscriber = 'inventory'`, committed.ID); n != 1 {
+	if n := pgtest.Count(t, ctx, pool, `SELECT count(*) FROM postbox.inbox WHERE message_id = $1 AND subscriber = 'inventory'`, committed.ID); n != 1 {
 		t.Errorf("committed message has %d inbox rows for inventory, want 1", n)
 	}
-	if n := count(t, ctx, pool, `SELECT count(*) FROM postbox.outbox`); n != 0 {
+	if n := pgtest.Count(t, ctx, pool, `SELECT count(*) FROM postbox.outbox`); n != 0 {
 		t.Errorf("outbox holds %d rows after draining, want 0", n)
 	}
 }
@@ -145,10 +145,16 @@ func TestQueueSendDeliversOnceAndTopicFansOut(t *testing.T) {
 	if len(got) != 7 {
 		t.Errorf("inbox holds %d distinct messages, want 7: %v", len(got), got)
 	}
-	// Every delivery is pending and carries the message as published.
+	// Every delivery is pending: ready for its subscriber's consumers.
+	for sub, n := range map[string]int{"billing": 1, "inventory": 5, "audit": 6, "big-orders": 2} {
+		if d := pgtest.Depths(t, ctx, pool, sub); d != (pgtest.Depth{Ready: n}) {
+			t.Errorf("%s: %+v, want %d ready", sub, d, n)
+		}
+	}
+	// And each carries the message as published.
 	var payload []byte
 	var topic, key string
-	err = pool.QueryRow(ctx, `SELECT payload, topic, key FROM postbox.inbox WHERE subscriber = 'big-orders' AND message_id = $1 AND status = 'pending'`, big.ID).
+	err = pool.QueryRow(ctx, `SELECT payload, topic, key FROM postbox.inbox WHERE subscriber = 'big-orders' AND message_id = $1`, big.ID).
 		Scan(&payload, &topic, &key)
 	if err != nil {
 		t.Fatal(err)

@@ -12,11 +12,18 @@
 //   - per-key order and exactly-once fan-out with four relays running while
 //     producers still publish;
 //   - no loss and no duplicate when a relay's connection is killed mid-batch;
-//   - delayed delivery (DeliverAt) through inbox.available_at;
-//   - no-route dead letters for sends to undeclared queues;
+//   - delayed delivery (DeliverAt): waiting in postbox.queue_depths until due;
+//   - no-route dead letters for sends to undeclared queues, and outbox rows
+//     the relay cannot move quarantined as dead letters of dlq.Relay, both
+//     replayable;
 //   - invalid input rejected with postbox.ErrInvalid before anything is written;
-//   - migrations up, down and up again on a database holding data, and
-//     concurrent migrations.
+//   - migrations up, down and up again on a database holding data (from
+//     version 1, with pending and dead deliveries), and concurrent
+//     migrations.
+//
+// Where a test asks what is pending, it asks postbox.queue_depths (through
+// pgtest.Depths): the inbox is a stream, and its rows stay after they are
+// handled.
 //
 // Run them with
 //

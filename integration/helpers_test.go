@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/postbox-dev/postbox/dispatcher"
@@ -38,40 +37,6 @@ func newPool(t *testing.T, url string, maxConns int32, appName string) *pgxpool.
 	}
 	t.Cleanup(pool.Close)
 	return pool
-}
-
-// count runs a query returning one number.
-func count(t *testing.T, ctx context.Context, db querier, sql string, args ...any) int {
-	t.Helper()
-	var n int64
-	if err := db.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-	return int(n)
-}
-
-// querier is what count needs: a pool, a connection or a transaction.
-type querier interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
-
-// waitFor polls cond every few milliseconds until it holds, and fails the
-// test when it still does not after limit.
-func waitFor(t *testing.T, ctx context.Context, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("still waiting after %s for %s", limit, what)
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("waiting for %s: %v", what, ctx.Err())
-		case <-tick.C:
-		}
-	}
 }
 
 // drain runs one relay over pool until the outbox has nothing it can claim.

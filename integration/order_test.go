@@ -75,10 +75,10 @@ func TestConcurrentRelaysKeepPerKeyOrderAndDeliverExactlyOnce(t *testing.T) {
 			t.Fatalf("producer %d: %v", p, err)
 		}
 	}
-	relayedWhileProducing := count(t, ctx, pool, `SELECT count(*) FROM postbox.inbox`)
+	relayedWhileProducing := pgtest.Count(t, ctx, pool, `SELECT count(*) FROM postbox.inbox`)
 
-	waitFor(t, ctx, 60*time.Second, "40,000 deliveries", func() bool {
-		return count(t, ctx, pool, `SELECT count(*) FROM postbox.inbox`) >= 2*messages
+	pgtest.WaitFor(t, ctx, 60*time.Second, "40,000 deliveries", func() bool {
+		return pgtest.Count(t, ctx, pool, `SELECT count(*) FROM postbox.inbox`) >= 2*messages
 	})
 	// Failed batches are counted before stopping: a batch cut short by the
 	// stop itself counts as one.
@@ -102,7 +102,7 @@ func TestConcurrentRelaysKeepPerKeyOrderAndDeliverExactlyOnce(t *testing.T) {
 	if total != messages {
 		t.Errorf("relays claimed %d messages in all, want %d", total, messages)
 	}
-	if n := count(t, ctx, pool, `SELECT count(*) FROM postbox.outbox`); n != 0 {
+	if n := pgtest.Count(t, ctx, pool, `SELECT count(*) FROM postbox.outbox`); n != 0 {
 		t.Errorf("outbox still holds %d rows", n)
 	}
 

@@ -138,9 +138,9 @@ func written(t *testing.T, pool *pgxpool.Pool) string {
 	t.Helper()
 	ctx := t.Context()
 	return fmt.Sprintf("%d/%d/%d",
-		count(t, ctx, pool, `SELECT count(*) FROM postbox.outbox`),
-		count(t, ctx, pool, `SELECT count(*) FROM postbox.subscriptions`),
-		count(t, ctx, pool, `SELECT count(*) FROM postbox.subscribers`))
+		pgtest.Count(t, ctx, pool, `SELECT count(*) FROM postbox.outbox`),
+		pgtest.Count(t, ctx, pool, `SELECT count(*) FROM postbox.subscriptions`),
+		pgtest.Count(t, ctx, pool, `SELECT count(*) FROM postbox.subscribers`))
 }
 
 // A malformed filter passed inside the caller's transaction is rejected
@@ -162,7 +162,7 @@ func TestMalformedFilterLeavesTransactionUsable(t *testing.T) {
 	if !errors.Is(err, postbox.ErrInvalid) {
 		t.Fatalf("Subscribe with a malformed filter: err = %v, want ErrInvalid", err)
 	}
-	if n := count(t, ctx, tx, `SELECT count(*) FROM postbox.subscribers`); n != 0 {
+	if n := pgtest.Count(t, ctx, tx, `SELECT count(*) FROM postbox.subscribers`); n != 0 {
 		t.Errorf("%d subscribers after the rejected Subscribe, want 0", n)
 	}
 	err = dispatcher.Subscribe(ctx, tx, dispatcher.Subscription{Subscriber: "big-orders", Topic: "order.created", Filter: "$.totalAmount ? (@ >= 10000)"})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -240,6 +241,14 @@ func TestPublishBatchValidatesAllFirst(t *testing.T) {
 	if !errors.Is(err, postbox.ErrInvalid) {
 		t.Errorf("SendBatch to a bad queue name: err = %v, want ErrInvalid", err)
 	}
+	// One *Message twice in a batch (its ID filled by the first) is one
+	// message twice: refused, naming the ID field.
+	reused := &postbox.Message{Topic: "batch", Payload: []byte(`{}`)}
+	err = outbox.PublishBatch(ctx, pool, []*postbox.Message{reused, {Topic: "batch"}, reused})
+	var dup *postbox.ValidationError
+	if !errors.Is(err, postbox.ErrInvalid) || !errors.As(err, &dup) || dup.Field != "ID" {
+		t.Errorf("PublishBatch with one message twice: err = %v, want a ValidationError for ID", err)
+	}
 	var n int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM postbox.outbox`).Scan(&n); err != nil || n != 0 {
 		t.Errorf("outbox rows after rejected batches = %d (%v), want 0", n, err)
@@ -299,4 +308,112 @@ func headers(n, valueBytes int) map[string]string {
 		h["h"+strings.Repeat("x", i%5)+string(rune('a'+i%26))+string(rune('a'+i/26))] = strings.Repeat("v", valueBytes)
 	}
 	return h
+}
+
+// Rows go straight into the outbox slot of the moment (schema migration 2):
+// the partition named by their slot column, which is the slot
+// postbox.outbox_slot() names now, give or take one for the clock moving on.
+func TestRowsLandInTheCurrentSlot(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.Pool(t, 2)
+
+	one := &postbox.Message{Topic: "slots", Key: "k", Payload: []byte(`{}`)}
+	keyless := &postbox.Message{Topic: "slots", Payload: []byte(`{}`)}
+	batch := []*postbox.Message{{Topic: "slots", Key: "k"}, {Topic: "slots"}}
+	if err := outbox.Publish(ctx, pool, one); err != nil {
+		t.Fatal(err)
+	}
+	if err := outbox.Send(ctx, pool, keyless); err != nil {
+		t.Fatal(err)
+	}
+	if err := outbox.PublishBatch(ctx, pool, batch); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*postbox.Message{one, keyless, batch[0], batch[1]} {
+		var table string
+		var slot, now int
+		if err := pool.QueryRow(ctx, `SELECT tableoid::regclass::text, slot, postbox.outbox_slot() FROM postbox.outbox WHERE message_id = $1`, m.ID).
+			Scan(&table, &slot, &now); err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("postbox.outbox_%d", slot); table != want {
+			t.Errorf("message %s with slot %d is in %s, want %s", m.ID, slot, table, want)
+		}
+		if d := (now - slot + 8) % 8; d > 1 {
+			t.Errorf("message %s in slot %d, but postbox.outbox_slot() is %d", m.ID, slot, now)
+		}
+	}
+}
+
+// Per key, outbox id order is commit order: a transaction publishing a key
+// waits for an open one that published the same key, so it draws its id
+// after that one commits. Other keys do not wait.
+func TestPublishesOfOneKeyCommitInIDOrder(t *testing.T) {
+	t.Parallel()
+	for name, publish := range map[string]func(ctx context.Context, db postbox.DBTX, m *postbox.Message) error{
+		"Publish": outbox.Publish,
+		"PublishBatch": func(ctx context.Context, db postbox.DBTX, m *postbox.Message) error {
+			return outbox.PublishBatch(ctx, db, []*postbox.Message{{Topic: "ordered", Key: "other-in-batch"}, m})
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			pool := pgtest.Pool(t, 4)
+
+			first, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer first.Rollback(ctx)
+			early := &postbox.Message{Topic: "ordered", Key: "k", Payload: []byte(`{"n":1}`)}
+			if err := outbox.Publish(ctx, first, early); err != nil {
+				t.Fatal(err)
+			}
+
+			second, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer second.Rollback(ctx)
+			var pid int32
+			if err := second.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+				t.Fatal(err)
+			}
+			late := &postbox.Message{Topic: "ordered", Key: "k", Payload: []byte(`{"n":2}`)}
+			done := make(chan error, 1)
+			go func() { done <- publish(ctx, second, late) }()
+
+			pgtest.WaitFor(t, ctx, 10*time.Second, "the second publisher to wait for the key's lock", func() bool {
+				return pgtest.Count(t, ctx, pool, `SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted`, pid) == 1
+			})
+			select {
+			case err := <-done:
+				t.Fatalf("the second publish of key k returned (%v) while the first transaction is open", err)
+			default:
+			}
+			// Another key does not wait.
+			if err := outbox.Publish(ctx, pool, &postbox.Message{Topic: "ordered", Key: "elsewhere"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := first.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if err := second.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var earlyID, lateID int64
+			if err := pool.QueryRow(ctx, `SELECT (SELECT id FROM postbox.outbox WHERE message_id = $1), (SELECT id FROM postbox.outbox WHERE message_id = $2)`,
+				early.ID, late.ID).Scan(&earlyID, &lateID); err != nil {
+				t.Fatal(err)
+			}
+			if lateID <= earlyID {
+				t.Fatalf("the later commit has outbox id %d, not above the earlier commit's %d", lateID, earlyID)
+			}
+		})
+	}
 }

@@ -22,18 +22,31 @@ import (
 
 const dlqHelp = `
 Inspect and repair dead letters: deliveries that exhausted their subscriber's
-attempts, that a handler rejected as permanently invalid, or sends to a queue
-that did not exist (last error "no-route").
+attempts, that a handler rejected as permanently invalid, sends to a queue
+that did not exist (last error "no-route"), and outbox rows the relay could
+not move, quarantined under the subscriber ` + dlq.Relay + `.
 
   list     list dead letters, oldest dead first
   show     show dead letters in full, with headers and payload
   replay   make dead letters pending again (attempts reset, x-replayed-at and
-           x-replay-count set, recorded in postbox.replays)
+           x-replay-count set, recorded in postbox.replays); letters of
+           ` + dlq.Relay + ` go back into the outbox
   purge    delete dead letters
 
 replay and purge run the SQL functions postbox.replay_dead_letters and
 postbox.purge_dead_letters, as psql would; --dry-run counts what they would
 touch and changes nothing. Run 'postbox dlq SUBCOMMAND --help' for its flags.`
+
+// checkSubscriberFlag accepts a subscriber name or dlq.Relay.
+func checkSubscriberFlag(f *flags, name string) error {
+	if name == dlq.Relay {
+		return nil
+	}
+	if err := postbox.ValidateName("subscriber", name); err != nil {
+		return f.usageErr("--subscriber: %v", err)
+	}
+	return nil
+}
 
 func (c *cli) dlq(ctx context.Context, args []string) error {
 	top := newFlags("dlq", "postbox dlq list|show|replay|purge [flags]", dlqHelp)
@@ -78,8 +91,8 @@ func (d *dlqFilter) check(f *flags, needSubscriber bool) error {
 		return f.usageErr("%s: --subscriber is required", f.Name())
 	}
 	if d.subscriber != "" {
-		if err := postbox.ValidateName("subscriber", d.subscriber); err != nil {
-			return f.usageErr("--subscriber: %v", err)
+		if err := checkSubscriberFlag(f, d.subscriber); err != nil {
+			return err
 		}
 	}
 	for name, v := range map[string]string{"since": d.since, "until": d.until} {
@@ -209,8 +222,8 @@ letter with that ID is shown.`)
 		return f.usageErr("dlq show: at most %d IDs", dlq.MaxLimit)
 	}
 	if *subscriber != "" {
-		if err := postbox.ValidateName("subscriber", *subscriber); err != nil {
-			return f.usageErr("--subscriber: %v", err)
+		if err := checkSubscriberFlag(f, *subscriber); err != nil {
+			return err
 		}
 	}
 	if _, err := c.logger(f, g); err != nil {
@@ -313,21 +326,27 @@ func (c *cli) dlqChange(ctx context.Context, action string, args []string) error
 	what := `Make the selected dead letters pending again, so their subscriber's
 consumers handle them: attempts reset to 0, replay count raised, headers
 x-replayed-at and x-replay-count set, one row per letter in postbox.replays.
-A replayed no-route letter needs its queue declared first (postbox queue
-declare NAME), or it waits for a consumer that does not exist.`
+A replayed letter is handled before its key's later messages that are still
+pending, and a letter whose key has an earlier dead letter the selection
+leaves out is not replayed (its key keeps its order). A replayed no-route
+letter needs its queue declared first (postbox queue declare NAME), or it
+waits for a consumer that does not exist. Letters of ` + dlq.Relay + ` (outbox rows
+the relay could not move) go back into the outbox.
+
+Letters are taken in their original order`
 	if action == "purge" {
 		verb, done = "purge", "purged"
-		what = `Delete the selected dead letters for good.`
-	}
-	f := newFlags("dlq "+action, "postbox dlq "+action+" --subscriber S [flags]", what+`
+		what = `Delete the selected dead letters for good.
 
-Letters are taken oldest dead first, in transactions of at most `+fmt.Sprint(dlq.MaxLimit)+`;
+Letters are taken oldest dead first`
+	}
+	f := newFlags("dlq "+action, "postbox dlq "+action+" --subscriber S [flags]", what+`, in transactions of at most `+fmt.Sprint(dlq.MaxLimit)+`;
 letters that die after the command starts are left alone, so a letter is
 `+done+` at most once per run. --dry-run prints how many would be `+done+`
 and changes nothing.`)
 	g := f.common()
 	var sel dlqFilter
-	sel.register(f, "the subscriber (or queue) whose letters to "+verb+" (required)",
+	sel.register(f, "the subscriber (or queue, or "+dlq.Relay+") whose letters to "+verb+" (required)",
 		0, "at most this many (default 0: every matching letter)")
 	dryRun := f.Bool("dry-run", false, "count what would be "+done+"; change nothing")
 	asJSON := f.Bool("json", false, "print JSON")
@@ -365,7 +384,11 @@ and changes nothing.`)
 		if sel.limit > 0 && sel.limit < dlq.MaxLimit {
 			filter.Limit = sel.limit
 		}
-		n, err := dlq.Count(ctx, pool, filter)
+		count := dlq.Count // what Replay would take
+		if action == "purge" {
+			count = dlq.CountPurge
+		}
+		n, err := count(ctx, pool, filter)
 		if err != nil {
 			return err
 		}

@@ -48,7 +48,7 @@ func drain(t *testing.T, pool *pgxpool.Pool) {
 
 func dead(t *testing.T, pool *pgxpool.Pool, subscriber string) int {
 	t.Helper()
-	return count(t, pool, "SELECT count(*) FROM postbox.dead_letters WHERE subscriber = $1", subscriber)
+	return pgtest.Count(t, context.Background(), pool, "SELECT count(*) FROM postbox.dead_letters WHERE subscriber = $1", subscriber)
 }
 
 func TestDLQReplayHandsLettersBackToConsumers(t *testing.T) {
@@ -102,7 +102,7 @@ func TestDLQReplayHandsLettersBackToConsumers(t *testing.T) {
 	if d := dead(t, pool, "payments"); d != 20 {
 		t.Fatalf("after dry runs %d dead payments letters, want still 20", d)
 	}
-	if n := count(t, pool, "SELECT count(*) FROM postbox.replays"); n != 0 {
+	if n := pgtest.Count(t, ctx, pool, "SELECT count(*) FROM postbox.replays"); n != 0 {
 		t.Fatalf("dry runs recorded %d replays", n)
 	}
 
@@ -163,7 +163,7 @@ func TestDLQReplayHandsLettersBackToConsumers(t *testing.T) {
 			t.Errorf("message %s: handled %v with x-replay-count %q, want handled with 1", id, ok, rc)
 		}
 	}
-	if n := count(t, pool, "SELECT count(*) FROM postbox.replays WHERE subscriber = 'payments'"); n != 20 {
+	if n := pgtest.Count(t, ctx, pool, "SELECT count(*) FROM postbox.replays WHERE subscriber = 'payments'"); n != 20 {
 		t.Errorf("postbox.replays holds %d payments rows, want 20", n)
 	}
 
@@ -182,5 +182,56 @@ func TestDLQReplayHandsLettersBackToConsumers(t *testing.T) {
 	}
 	if out := runOK(t, url, "dlq", "list"); !strings.Contains(out, "no dead letters") {
 		t.Errorf("dlq list after purging everything:\n%s", out)
+	}
+}
+
+// A replay dry run counts what a replay would take, which leaves out a
+// letter whose key has an earlier dead letter the selection does not take;
+// a purge dry run counts what a purge would delete. The relay's quarantine
+// is addressed as _relay.
+func TestDLQDryRunsAndTheRelaysQuarantine(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.URL(t)
+	pool := openPool(t, url)
+	var ids []uuid.UUID
+	for i := range 2 {
+		msg := &postbox.Message{Topic: "orders", Key: "order-1", Payload: fmt.Appendf(nil, `{"n":%d}`, i)}
+		if err := outbox.Send(ctx, pool, msg); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, msg.ID)
+	}
+	drain(t, pool)
+	if d := dead(t, pool, "orders"); d != 2 {
+		t.Fatalf("%d dead orders letters, want 2 no-route", d)
+	}
+
+	later := ids[1].String()
+	if out := runOK(t, url, "dlq", "replay", "--subscriber", "orders", "--id", later, "--dry-run"); !strings.Contains(out, "would replay 0 dead letters") {
+		t.Errorf("replay --dry-run of the key's later letter printed %q, want 0 (it waits behind the first)", out)
+	}
+	if out := runOK(t, url, "dlq", "replay", "--subscriber", "orders", "--id", later); !strings.Contains(out, "replayed 0 dead letters") {
+		t.Errorf("replay of the key's later letter printed %q, want 0", out)
+	}
+	if out := runOK(t, url, "dlq", "purge", "--subscriber", "orders", "--id", later, "--dry-run"); !strings.Contains(out, "would purge 1 dead letter of orders") {
+		t.Errorf("purge --dry-run printed %q, want 1", out)
+	}
+	if out := runOK(t, url, "dlq", "replay", "--subscriber", "orders", "--dry-run"); !strings.Contains(out, "would replay 2 dead letters") {
+		t.Errorf("replay --dry-run of both printed %q, want 2", out)
+	}
+	if d := dead(t, pool, "orders"); d != 2 {
+		t.Fatalf("dry runs changed the dead letters: %d left, want 2", d)
+	}
+
+	// _relay is a subscriber for dlq, and nothing else is.
+	if out := runOK(t, url, "dlq", "list", "--subscriber", "_relay"); !strings.Contains(out, "no dead letters") {
+		t.Errorf("dlq list --subscriber _relay printed %q", out)
+	}
+	if out := runOK(t, url, "dlq", "replay", "--subscriber", "_relay"); !strings.Contains(out, "replayed 0 dead letters of _relay") {
+		t.Errorf("dlq replay --subscriber _relay printed %q", out)
+	}
+	if res := run(t, []string{"POSTBOX_DATABASE_URL=" + url}, "dlq", "purge", "--subscriber", "_orders"); res.code != 2 || !strings.Contains(res.stderr, "--subscriber") {
+		t.Errorf("dlq purge --subscriber _orders: exit %d, stderr %q; want 2 and a bad --subscriber", res.code, res.stderr)
 	}
 }

@@ -182,16 +182,3 @@ func (p *process) waitLog(t *testing.T, msg, attr string) string {
 		}
 	}
 }
-
-// waitUntil polls cond every few milliseconds until it holds or the
-// deadline passes.
-func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}

@@ -14,11 +14,11 @@ Manage the postbox schema (every object lives in the PostgreSQL schema
 "postbox"; versions are recorded in public.`+schema.VersionTable+`).
 
   up      apply every pending migration (safe to run from several processes)
-  down    roll back the most recent migration; for the first one this drops
-          the postbox schema with every message in it, so it needs --yes
+  down    roll back the most recent migration (needs --yes); rolling back
+          the first one drops the postbox schema with every message in it
   status  list the migrations and whether each is applied`)
 	g := f.common()
-	yes := f.Bool("yes", false, "confirm 'down', which deletes data")
+	yes := f.Bool("yes", false, "confirm 'down'")
 	asJSON := f.Bool("json", false, "status: print JSON instead of a table")
 	pos, err := f.parse(c.stdout, args)
 	if err != nil {
@@ -32,7 +32,7 @@ Manage the postbox schema (every object lives in the PostgreSQL schema
 	case "up", "status":
 	case "down":
 		if !*yes {
-			return f.usageErr("migrate down deletes the postbox schema's data: pass --yes to confirm")
+			return f.usageErr("migrate down changes the schema under running services, and rolling back the first migration deletes every message: pass --yes to confirm")
 		}
 	default:
 		return f.usageErr("migrate: unknown action %q: want up, down or status", action)

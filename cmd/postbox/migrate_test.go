@@ -57,15 +57,31 @@ func TestMigrateUpOnAFreshDatabase(t *testing.T) {
 		}
 	}
 
-	// down needs --yes, and then removes the schema.
+	// down needs --yes.
 	if res := run(t, []string{"POSTBOX_DATABASE_URL=" + url}, "migrate", "down"); res.code != 2 {
 		t.Fatalf("migrate down without --yes: exit %d, want 2", res.code)
 	}
 	if n := functions(); n != 2 {
 		t.Fatal("migrate down without --yes changed the schema")
 	}
-	runOK(t, url, "migrate", "down", "--yes")
+	// Each down rolls back the latest migration: version 2, then 1, which
+	// drops the schema.
+	if out := runOK(t, url, "migrate", "down", "--yes"); !strings.Contains(out, "rolled back 2 ") || !strings.Contains(out, "schema version 1") {
+		t.Errorf("first migrate down printed %q, want migration 2 rolled back, at version 1", out)
+	}
+	if n := functions(); n != 2 {
+		t.Fatalf("at version 1, %d of the 2 dead-letter functions exist", n)
+	}
+	if out := runOK(t, url, "migrate", "down", "--yes"); !strings.Contains(out, "rolled back 1 ") || !strings.Contains(out, "schema version 0") {
+		t.Errorf("second migrate down printed %q, want migration 1 rolled back, at version 0", out)
+	}
 	if n := functions(); n != 0 {
-		t.Fatalf("after migrate down --yes, %d functions remain", n)
+		t.Fatalf("after migrating all the way down, %d functions remain", n)
+	}
+	runJSON(t, url, &status, "migrate", "status")
+	for _, m := range status {
+		if m.Applied {
+			t.Errorf("migration %d still applied after migrating all the way down", m.Version)
+		}
 	}
 }

@@ -25,8 +25,10 @@ const shutdownBudget = 6 * time.Second
 
 func (c *cli) relay(ctx context.Context, args []string) error {
 	f := newFlags("relay", "postbox relay [flags]", `
-Run the relay until SIGTERM or SIGINT: move committed outbox messages to the
-inbox rows of every subscriber they route to, one statement per batch. The
+Run the relay until SIGTERM or SIGINT: move committed outbox messages into the
+inbox stream of every subscriber they route to, one statement per batch. An
+outbox row the relay cannot move is quarantined as a dead letter of _relay
+(postbox dlq list --subscriber _relay) so that the others keep moving. The
 janitor runs alongside and forgets handled message IDs past their subscriber's
 dedup window. On SIGTERM the batch in flight commits or rolls back whole and
 the process exits 0 within 10 seconds. Several relays may run on one database.
@@ -143,7 +145,8 @@ With --http, serves /healthz (200 while the database answers a ping within
 		}
 	}
 	st := r.Stats()
-	log.Info("stopped", "batches", st.Batches, "messages", st.Claimed, "deliveries", st.Delivered)
+	log.Info("stopped", "batches", st.Batches, "messages", st.Claimed, "deliveries", st.Delivered,
+		"quarantined", st.Quarantined)
 	return nil
 }
 

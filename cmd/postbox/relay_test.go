@@ -51,15 +51,6 @@ func subscribe(t *testing.T, pool *pgxpool.Pool, topic string, subscribers ...st
 	}
 }
 
-func count(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) int {
-	t.Helper()
-	var n int
-	if err := pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
 	client := http.Client{Timeout: 5 * time.Second}
@@ -125,12 +116,12 @@ func TestRelayServesHealthReadinessAndMetrics(t *testing.T) {
 	addr := p.waitLog(t, "http listening", "addr")
 	base := "http://" + addr
 
-	waitUntil(t, "/readyz 200", 10*time.Second, func() bool { code, _ := get(t, base+"/readyz"); return code == 200 })
+	pgtest.WaitFor(t, ctx, 10*time.Second, "/readyz 200", func() bool { code, _ := get(t, base+"/readyz"); return code == 200 })
 	if code, body := get(t, base+"/healthz"); code != 200 || strings.TrimSpace(body) != "ok" {
 		t.Fatalf("/healthz = %d %q, want 200 ok", code, body)
 	}
 	var body string
-	waitUntil(t, "the relay to move all 101 messages", 10*time.Second, func() bool {
+	pgtest.WaitFor(t, ctx, 10*time.Second, "the relay to move all 101 messages", func() bool {
 		_, body = get(t, base+"/metrics")
 		return metric(body, "postbox_relay_messages_total") == 101
 	})
@@ -147,6 +138,7 @@ func TestRelayServesHealthReadinessAndMetrics(t *testing.T) {
 		`postbox_inbox_depth{state="ready",subscriber="shipping"}`:  100,
 		`postbox_dead_letters{subscriber="billing"}`:                0,
 		`postbox_dead_letters{subscriber="payments"}`:               1,
+		"postbox_relay_quarantined_total":                           0,
 	} {
 		if got := metric(body, series); got != want {
 			t.Errorf("%s = %v, want %v", series, got, want)
@@ -154,6 +146,16 @@ func TestRelayServesHealthReadinessAndMetrics(t *testing.T) {
 	}
 	if got := metric(body, "postbox_relay_batches_total"); got < 1 {
 		t.Errorf("postbox_relay_batches_total = %v, want at least 1", got)
+	}
+	if got := metric(body, "postbox_relay_slots_emptied_total"); got < 0 {
+		t.Errorf("postbox_relay_slots_emptied_total missing")
+	}
+	// The relay succeeded and moved messages within this test's lifetime.
+	now := float64(time.Now().Unix())
+	for _, series := range []string{"postbox_relay_last_success_timestamp_seconds", "postbox_relay_last_moved_timestamp_seconds"} {
+		if got := metric(body, series); got < now-60 || got > now+60 {
+			t.Errorf("%s = %v, want about now (%v)", series, got, now)
+		}
 	}
 	if !strings.Contains(body, "# TYPE postbox_relay_messages_total counter") {
 		t.Error("postbox_relay_messages_total is not exposed as a counter")
@@ -163,12 +165,12 @@ func TestRelayServesHealthReadinessAndMetrics(t *testing.T) {
 	// (restarting the relay would not help), and both recover.
 	db := openAdmin(t, url)
 	setConnections(t, db, false)
-	waitUntil(t, "/healthz 503 while the database refuses connections", 10*time.Second, func() bool {
+	pgtest.WaitFor(t, ctx, 10*time.Second, "/healthz 503 while the database refuses connections", func() bool {
 		code, _ := get(t, base+"/healthz")
 		return code == http.StatusServiceUnavailable
 	})
 	setConnections(t, db, true)
-	waitUntil(t, "/healthz 200 again", 10*time.Second, func() bool { code, _ := get(t, base+"/healthz"); return code == 200 })
+	pgtest.WaitFor(t, ctx, 10*time.Second, "/healthz 200 again", func() bool { code, _ := get(t, base+"/healthz"); return code == 200 })
 
 	if took := p.stop(t); took > 10*time.Second {
 		t.Errorf("relay took %s to stop", took)
@@ -232,14 +234,14 @@ func TestRelaySIGTERMUnderLoadLosesAndDuplicatesNothing(t *testing.T) {
 	p := start(t, url, "relay", "--batch-size", "500", "--log-format", "json", "--janitor-interval", "0")
 	// Stop it in full stride: batches follow each other without pause
 	// while the backlog lasts, so SIGTERM almost surely lands mid-batch.
-	waitUntil(t, "the relay to move 10,000 messages", 30*time.Second, func() bool {
-		return count(t, pool, "SELECT count(*) FROM (SELECT 1 FROM postbox.inbox LIMIT 20000) x") == 20000
+	pgtest.WaitFor(t, ctx, 30*time.Second, "the relay to move 10,000 messages", func() bool {
+		return pgtest.Count(t, ctx, pool, "SELECT count(*) FROM (SELECT 1 FROM postbox.inbox LIMIT 20000) x") == 20000
 	})
 	took := p.stop(t)
 	if took > 10*time.Second {
 		t.Errorf("relay took %s to exit after SIGTERM, want under 10s", took)
 	}
-	left := count(t, pool, "SELECT count(*) FROM postbox.outbox")
+	left := pgtest.Count(t, ctx, pool, "SELECT count(*) FROM postbox.outbox")
 	t.Logf("relay stopped %s after SIGTERM with %d of %d messages still in the outbox", took, left, n)
 	if left == 0 {
 		t.Fatal("the relay moved everything before SIGTERM arrived: the test did not stop it under load")
@@ -253,7 +255,7 @@ func TestRelaySIGTERMUnderLoadLosesAndDuplicatesNothing(t *testing.T) {
 	if _, err := r.Drain(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if left := count(t, pool, "SELECT count(*) FROM postbox.outbox"); left != 0 {
+	if left := pgtest.Count(t, ctx, pool, "SELECT count(*) FROM postbox.outbox"); left != 0 {
 		t.Fatalf("%d messages left in the outbox after Drain", left)
 	}
 	rows, err := pool.Query(ctx, `SELECT subscriber, count(*), count(DISTINCT message_id) FROM postbox.inbox GROUP BY subscriber ORDER BY subscriber`)
@@ -276,7 +278,7 @@ func TestRelaySIGTERMUnderLoadLosesAndDuplicatesNothing(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("inbox rows (total, distinct message IDs) per subscriber = %v, want %v", got, want)
 	}
-	if total := count(t, pool, "SELECT count(*) FROM postbox.inbox"); total != 2*n {
+	if total := pgtest.Count(t, ctx, pool, "SELECT count(*) FROM postbox.inbox"); total != 2*n {
 		t.Fatalf("inbox holds %d rows, want %d", total, 2*n)
 	}
 }

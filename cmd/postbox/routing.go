@@ -111,6 +111,7 @@ type queueJSON struct {
 	BackoffMax        string             `json:"backoff_max"`
 	BackoffMultiplier float64            `json:"backoff_multiplier"`
 	Retention         string             `json:"retention"`
+	KeyOnDead         string             `json:"key_on_dead"`
 	CreatedAt         time.Time          `json:"created_at"`
 	Subscriptions     []subscriptionJSON `json:"subscriptions"`
 }
@@ -157,7 +158,7 @@ For depths, see postbox stats.`)
 		out[i] = queueJSON{
 			Name: s.Name, Kind: s.Kind, Partitions: o.Partitions, MaxAttempts: o.MaxAttempts,
 			BackoffInitial: duration(o.Backoff.Initial), BackoffMax: duration(o.Backoff.Max),
-			BackoffMultiplier: o.Backoff.Multiplier, Retention: duration(o.Retention),
+			BackoffMultiplier: o.Backoff.Multiplier, Retention: duration(o.Retention), KeyOnDead: o.KeyOnDead,
 			CreatedAt: s.CreatedAt, Subscriptions: []subscriptionJSON{},
 		}
 	}
@@ -174,7 +175,7 @@ For depths, see postbox stats.`)
 		return err
 	}
 	return writeTable(c.stdout, func(w io.Writer) {
-		fmt.Fprintln(w, "NAME\tKIND\tPARTITIONS\tMAX ATTEMPTS\tBACKOFF\tRETENTION\tSUBSCRIPTIONS")
+		fmt.Fprintln(w, "NAME\tKIND\tPARTITIONS\tMAX ATTEMPTS\tBACKOFF\tRETENTION\tKEY ON DEAD\tSUBSCRIPTIONS")
 		for _, q := range out {
 			topics := make([]string, len(q.Subscriptions))
 			for i, s := range q.Subscriptions {
@@ -187,8 +188,8 @@ For depths, see postbox stats.`)
 			if subs == "" {
 				subs = "-"
 			}
-			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s..%s x%g\t%s\t%s\n", q.Name, q.Kind, q.Partitions, q.MaxAttempts,
-				q.BackoffInitial, q.BackoffMax, q.BackoffMultiplier, q.Retention, cell(subs, 200))
+			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s..%s x%g\t%s\t%s\t%s\n", q.Name, q.Kind, q.Partitions, q.MaxAttempts,
+				q.BackoffInitial, q.BackoffMax, q.BackoffMultiplier, q.Retention, q.KeyOnDead, cell(subs, 200))
 		}
 	})
 }
@@ -224,6 +225,8 @@ A queue and a topic subscriber cannot share a name.`)
 	maxWait := f.Duration("backoff-max", d.Max, "longest wait between retries")
 	multiplier := f.Float64("backoff-multiplier", d.Multiplier, "growth of the wait per retry (at least 1)")
 	retention := f.Duration("retention", dispatcher.DefaultRetention, "how long handled message IDs are remembered (the dedup window)")
+	keyOnDead := f.String("key-on-dead", dispatcher.KeyProceeds, "what a key's later messages do while one of its messages is a dead letter: "+
+		dispatcher.KeyProceeds+" (they are handled) or "+dispatcher.KeyParks+" (they wait until it is replayed or purged)")
 	pos, err := f.parse(c.stdout, args)
 	if err != nil {
 		return err
@@ -234,6 +237,9 @@ A queue and a topic subscriber cannot share a name.`)
 	name := pos[0]
 	if err := postbox.ValidateName("queue", name); err != nil {
 		return f.usageErr("queue declare: %v", err)
+	}
+	if *keyOnDead != dispatcher.KeyProceeds && *keyOnDead != dispatcher.KeyParks {
+		return f.usageErr("--key-on-dead %q: want %s or %s", *keyOnDead, dispatcher.KeyProceeds, dispatcher.KeyParks)
 	}
 	set := map[string]bool{}
 	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
@@ -271,6 +277,7 @@ A queue and a topic subscriber cannot share a name.`)
 	apply("backoff-max", func() { opts.Backoff.Max = *maxWait })
 	apply("backoff-multiplier", func() { opts.Backoff.Multiplier = *multiplier })
 	apply("retention", func() { opts.Retention = *retention })
+	apply("key-on-dead", func() { opts.KeyOnDead = *keyOnDead })
 	if err := dispatcher.DeclareQueue(ctx, pool, name, opts); err != nil {
 		return err
 	}

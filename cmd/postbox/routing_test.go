@@ -29,8 +29,17 @@ func TestRoutingCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if q.Kind != dispatcher.KindQueue || q.Options.MaxAttempts != 3 || q.Options.Backoff.Initial != 2*time.Second || q.Options.Retention != time.Hour {
-		t.Fatalf("queue orders = %+v, want a queue with max attempts 3, backoff 2s, retention 1h", q)
+	if q.Kind != dispatcher.KindQueue || q.Options.MaxAttempts != 3 || q.Options.Backoff.Initial != 2*time.Second || q.Options.Retention != time.Hour ||
+		q.Options.KeyOnDead != dispatcher.KeyProceeds {
+		t.Fatalf("queue orders = %+v, want a queue with max attempts 3, backoff 2s, retention 1h, keys proceeding", q)
+	}
+	// --key-on-dead changes only that setting.
+	runOK(t, url, "queue", "declare", "orders", "--key-on-dead", "park")
+	if q, err := dispatcher.GetSubscriber(ctx, pool, "orders"); err != nil || q.Options.KeyOnDead != dispatcher.KeyParks || q.Options.MaxAttempts != 3 {
+		t.Fatalf("after --key-on-dead park: %+v, %v", q, err)
+	}
+	if res := run(t, []string{"POSTBOX_DATABASE_URL=" + url}, "queue", "declare", "orders", "--key-on-dead", "wait"); res.code != 2 || !strings.Contains(res.stderr, "--key-on-dead") {
+		t.Errorf("--key-on-dead wait: exit %d, stderr %q; want 2", res.code, res.stderr)
 	}
 
 	runOK(t, url, "subscribe", "--subscriber", "billing", "--topic", "order.*", "--filter", "$.total >= 100")
@@ -53,6 +62,7 @@ func TestRoutingCommands(t *testing.T) {
 		Name          string `json:"name"`
 		Kind          string `json:"kind"`
 		MaxAttempts   int    `json:"max_attempts"`
+		KeyOnDead     string `json:"key_on_dead"`
 		Subscriptions []struct {
 			Topic  string `json:"topic"`
 			Filter string `json:"filter"`
@@ -60,10 +70,11 @@ func TestRoutingCommands(t *testing.T) {
 	}
 	runJSON(t, url, &queues, "queues")
 	if len(queues) != 3 || queues[0].Name != "audit" || queues[1].Name != "billing" || queues[2].Kind != "queue" ||
-		queues[2].MaxAttempts != 3 || len(queues[1].Subscriptions) != 1 || queues[1].Subscriptions[0].Filter == "" {
+		queues[2].MaxAttempts != 3 || queues[2].KeyOnDead != "park" || queues[0].KeyOnDead != "proceed" ||
+		len(queues[1].Subscriptions) != 1 || queues[1].Subscriptions[0].Filter == "" {
 		t.Fatalf("queues --json = %+v", queues)
 	}
-	if out := runOK(t, url, "queues"); !strings.Contains(out, "order.#") || !strings.Contains(out, "MAX ATTEMPTS") {
+	if out := runOK(t, url, "queues"); !strings.Contains(out, "order.#") || !strings.Contains(out, "MAX ATTEMPTS") || !strings.Contains(out, "KEY ON DEAD") {
 		t.Errorf("queues table:\n%s", out)
 	}
 

@@ -17,11 +17,12 @@ type statsReport struct {
 
 type subscriberStats struct {
 	Subscriber string `json:"subscriber"`
-	// Kind is queue, topic, or undeclared for inbox rows of a name that is
-	// not declared (sends to a missing queue).
+	// Kind is queue, topic, or undeclared for a name that is not declared
+	// but has waiting deliveries or dead letters: sends to a missing queue,
+	// what a dropped subscriber left, and the relay's quarantine (_relay).
 	Kind                 string  `json:"kind"`
 	Pending              int64   `json:"pending"`    // ready to be claimed now
-	InBackoff            int64   `json:"in_backoff"` // waiting for a retry or a delayed delivery time
+	InBackoff            int64   `json:"in_backoff"` // waiting: for a retry, a delayed delivery time, or behind its key
 	Dead                 int64   `json:"dead"`       // dead letters
 	OldestPendingSeconds float64 `json:"oldest_pending_seconds"`
 }
@@ -34,9 +35,13 @@ type outboxStats struct {
 func (c *cli) stats(ctx context.Context, args []string) error {
 	f := newFlags("stats", "postbox stats [flags]", `
 Show, per subscriber, the deliveries pending (claimable now), in backoff
-(waiting for a retry or a delayed delivery time) and dead, with the age of
-the oldest pending one; and the outbox backlog the relay has yet to move.
-Counting reads every inbox row: on a very large backlog it takes a while.`)
+(waiting for a retry, a delayed delivery time, or behind an earlier message
+of their key) and dead, with the age of the oldest pending one; and the
+outbox backlog the relay has yet to move. Names that are not declared are
+listed as undeclared when they have dead letters or waiting deliveries (sends
+to a missing queue; _relay, the outbox rows the relay could not move).
+Counting reads every pending delivery: on a very large backlog it takes a
+while.`)
 	g := f.common()
 	asJSON := f.Bool("json", false, "print JSON instead of a table")
 	pos, err := f.parse(c.stdout, args)

@@ -177,7 +177,7 @@ func replayDeadLetters(ctx context.Context, pool *pgxpool.Pool, subscriber strin
 	return n, nil
 }
 
-// logDeadLetters logs every dead letter from the postbox.dead_letters view.
+// logDeadLetters logs every dead letter in postbox.dead_letters.
 func logDeadLetters(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
 	rows, err := pool.Query(ctx, `
 		SELECT subscriber, coalesce(key, ''), attempts, last_error

@@ -80,12 +80,15 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
-	var expected, pending, outbox, orders, shipments int64
+	var expected, pending, outbox, orders, shipments, replayedHandled int64
 	err = conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM expected_deliveries),
-	                                 (SELECT count(*) FROM postbox.inbox WHERE status = 'pending'),
+	                                 (SELECT coalesce(sum(ready + waiting), 0) FROM postbox.queue_depths),
 	                                 (SELECT count(*) FROM postbox.outbox),
 	                                 (SELECT count(*) FROM orders),
-	                                 (SELECT count(*) FROM shipments)`).Scan(&expected, &pending, &outbox, &orders, &shipments)
+	                                 (SELECT count(*) FROM shipments),
+	                                 (SELECT count(*) FROM postbox.replays r
+	                                   JOIN postbox.processed p ON p.subscriber = r.subscriber AND p.message_id = r.message_id)`).
+		Scan(&expected, &pending, &outbox, &orders, &shipments, &replayedHandled)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,6 +102,23 @@ func TestRun(t *testing.T) {
 	}
 	if pending != 0 || outbox != 0 {
 		t.Errorf("after the run: %d pending deliveries, %d outbox rows; want none", pending, outbox)
+	}
+	if replayedHandled != replayed {
+		t.Errorf("%d of %d replayed letters were handled, want all", replayedHandled, replayed)
+	}
+	// Every handled delivery, and only those, is marked handled: a mark
+	// without its effect (or the other way round) would show here.
+	var unmatched int64
+	if err := conn.QueryRow(ctx, `
+		SELECT (SELECT count(*) FROM postbox.processed p
+		        WHERE NOT EXISTS (SELECT 1 FROM effects e WHERE e.subscriber = p.subscriber AND e.message_id = p.message_id))
+		     + (SELECT count(*) FROM (SELECT DISTINCT subscriber, message_id FROM effects) e
+		        WHERE NOT EXISTS (SELECT 1 FROM postbox.processed p WHERE p.subscriber = e.subscriber AND p.message_id = e.message_id))`).
+		Scan(&unmatched); err != nil {
+		t.Fatal(err)
+	}
+	if unmatched != 0 {
+		t.Errorf("%d deliveries marked handled without an effect, or with an effect but unmarked", unmatched)
 	}
 	var deadSubscriber, deadKey string
 	err = conn.QueryRow(ctx, `SELECT subscriber, key FROM postbox.dead_letters`).Scan(&deadSubscriber, &deadKey)

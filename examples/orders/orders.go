@@ -162,8 +162,9 @@ func sendLegacyCommand(ctx context.Context, db postbox.DBTX) error {
 
 // republish writes messages to the outbox again with their IDs unchanged,
 // as a producer does when it retries after a timeout without knowing
-// whether its first attempt committed. The inbox deduplicates on
-// (subscriber, message ID), so no handler sees them twice.
+// whether its first attempt committed. No handler sees them twice: the
+// relay drops a copy whose ID the subscriber has handled, and a consumer
+// drops a copy that arrives while the original is still pending.
 func republish(ctx context.Context, db postbox.DBTX, orders []placed) (int, error) {
 	n := 0
 	for _, p := range orders {

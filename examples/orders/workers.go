@@ -105,7 +105,7 @@ func (w *workers) stop() error {
 // summary does not use these: it counts in the database.
 func (w *workers) logStats(log *slog.Logger) {
 	rs := w.relay.Stats()
-	log.Info("relay", "moved", rs.Claimed, "deliveries_written", rs.Delivered)
+	log.Info("relay", "moved", rs.Claimed, "deliveries_written", rs.Delivered, "duplicates_dropped", rs.Duplicates)
 	var attrs []any
 	var dups int64
 	for i, c := range w.consumers {
@@ -116,5 +116,5 @@ func (w *workers) logStats(log *slog.Logger) {
 		}
 	}
 	log.Info("competing consumers handled", attrs...)
-	log.Info("duplicates dropped at claim", "count", dups)
+	log.Info("duplicates dropped by consumers", "count", dups)
 }
