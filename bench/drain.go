@@ -219,12 +219,12 @@ func backlogFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 			return result{}, errors.New("--n must be at least 0 and --fresh at least 1")
 		}
 		const queue, other = "bench-backlog", "bench-backlog-other"
-		var waitSub, delay string
+		var waitSub, preloadSQL string
 		switch *waiting {
 		case "delayed":
-			waitSub, delay = queue, "1 day"
+			waitSub, preloadSQL = queue, sqlPreloadDelayed
 		case "other":
-			waitSub, delay = other, "0"
+			waitSub, preloadSQL = other, sqlPreloadDue
 		default:
 			return result{}, fmt.Errorf("--waiting %q: want delayed or other", *waiting)
 		}
@@ -245,13 +245,13 @@ func backlogFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 		const chunk = 100000
 		for done := 0; done < *n; done += chunk {
 			size := min(chunk, *n-done)
-			if _, err := db.Exec(ctx, sqlPreloadWaiting, waitSub, size, delay); err != nil {
+			if _, err := db.Exec(ctx, preloadSQL, waitSub, size); err != nil {
 				return result{}, fmt.Errorf("preload waiting rows: %w", err)
 			}
 			e.logf("waiting rows: %d/%d", done+size, *n)
 		}
 		// As autovacuum would have by the time such a backlog exists.
-		if _, err := db.Exec(ctx, "VACUUM ANALYZE postbox.inbox"); err != nil {
+		if _, err := db.Exec(ctx, "VACUUM ANALYZE postbox.inbox, postbox.parked"); err != nil {
 			return result{}, fmt.Errorf("vacuum: %w", err)
 		}
 		if err := preload(ctx, e, db, queue, true, 0, *fresh, 0); err != nil {

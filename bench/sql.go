@@ -48,20 +48,34 @@ const sqlInsertEffect = `INSERT INTO postbox_bench.effects (subscriber, message_
 
 const sqlCountEffects = `SELECT count(*), count(DISTINCT (subscriber, message_id)) FROM postbox_bench.effects`
 
-// sqlPreloadWaiting puts $2 pending rows into subscriber $1's inbox, due
-// after $3 (an interval): with '1 day' a backlog that waits in the index the
-// consumer claims from without being due. Setup only, not timed.
-const sqlPreloadWaiting = `
-INSERT INTO postbox.inbox (subscriber, message_id, partition, topic, type, payload, available_at, created_at)
-SELECT $1, gen_random_uuid(), g % 16, 'bench.backlog', 'order.created',
+// sqlPreloadDelayed puts $2 deliveries of subscriber $1 that are due
+// only in a day where a consumer leaves a delayed delivery once it has met
+// it: parked, in the index a claim probes for due deliveries. Setup only,
+// not timed.
+const sqlPreloadDelayed = `
+INSERT INTO postbox.parked (subscriber, message_id, part, seq, key_hash, reason, topic, type, payload,
+                            available_at, created_at, enqueued_at)
+SELECT $1, gen_random_uuid(), (g % 16)::smallint, nextval('postbox.inbox_seq'), g, 'delayed', 'bench.backlog',
+       'order.created',
        convert_to('{"order_id":' || g || ',"customer":"c-' || (g % 1000) || '","amount_cents":1234,"currency":"EUR"}', 'UTF8'),
-       now() + $3::text::interval, now()
+       now() + interval '1 day', now(), now()
 FROM generate_series(1, $2::integer) g`
 
-const sqlCountPending = `SELECT count(*) FROM postbox.inbox WHERE subscriber = $1 AND status = 'pending'`
+// sqlPreloadDue puts $2 due deliveries of subscriber $1 into the inbox
+// stream, as the relay would have (for a subscriber with no consumer).
+// Setup only, not timed.
+const sqlPreloadDue = `
+INSERT INTO postbox.inbox (subscriber, part, message_id, key_hash, topic, type, payload, available_at, created_at)
+SELECT $1, (g % 16)::smallint, gen_random_uuid(), g, 'bench.backlog', 'order.created',
+       convert_to('{"order_id":' || g || ',"customer":"c-' || (g % 1000) || '","amount_cents":1234,"currency":"EUR"}', 'UTF8'),
+       now(), now()
+FROM generate_series(1, $2::integer) g`
+
+// sqlCountPending counts a subscriber's deliveries not yet handled.
+const sqlCountPending = `SELECT ready + waiting FROM postbox.queue_depths WHERE subscriber = $1`
 
 const sqlCountOutbox = `SELECT count(*) FROM postbox.outbox`
 
 // sqlEnqueuedAt reads when the relay wrote a delivery (the relay
 // transaction's start), for the latency breakdown.
-const sqlEnqueuedAt = `SELECT enqueued_at FROM postbox.inbox WHERE subscriber = $1 AND message_id = $2`
+const sqlEnqueuedAt = `SELECT enqueued_at FROM postbox.inbox WHERE subscriber = $1 AND message_id = $2 LIMIT 1`

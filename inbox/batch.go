@@ -61,24 +61,32 @@ type batch struct {
 	set     settings
 	entries []*entry
 	parts   map[int16]cursorAt
-	held    map[string]bool // keys whose later deliveries wait: one failed, was blocked or delayed
+	held    map[string]int64 // per key, the seq after which its deliveries wait: one failed, was blocked or delayed
 	started time.Time
 	claimed time.Duration
 }
 
-// holdKey makes the rest of the batch's deliveries of e's key wait.
+// holdKey makes the batch's later deliveries of e's key wait.
 func (b *batch) holdKey(e *entry) {
 	if e.d.Key == "" {
 		return
 	}
 	if b.held == nil {
-		b.held = make(map[string]bool)
+		b.held = make(map[string]int64)
 	}
-	b.held[e.d.Key] = true
+	if seq, ok := b.held[e.d.Key]; !ok || e.row.Seq < seq {
+		b.held[e.d.Key] = e.row.Seq
+	}
 }
 
 // waits reports whether e must wait behind an earlier delivery of its key.
-func (b *batch) waits(e *entry) bool { return e.d.Key != "" && b.held[e.d.Key] }
+func (b *batch) waits(e *entry) bool {
+	if e.d.Key == "" {
+		return false
+	}
+	seq, ok := b.held[e.d.Key]
+	return ok && e.row.Seq > seq
+}
 
 // expired reports whether the batch must start no more handlers.
 func (b *batch) expired(ctx context.Context) bool {
@@ -135,9 +143,7 @@ func (b *batch) run(ctx, bctx context.Context, tx pgx.Tx) error {
 
 // optimistic runs every handler in the transaction without savepoints. It
 // reports false when one failed: the caller rolls back and runs carefully.
-// A failure is kept (that handler does not run again), unless it came from
-// a transaction an earlier handler left aborted, whose culprit only the
-// careful pass can tell.
+// The failure is kept, so that handler does not run again.
 func (b *batch) optimistic(ctx, bctx context.Context, tx pgx.Tx) (bool, error) {
 	for _, e := range b.entries {
 		if e.out != outNone {
@@ -151,26 +157,46 @@ func (b *batch) optimistic(ctx, bctx context.Context, tx pgx.Tx) (bool, error) {
 			continue
 		}
 		timedOut, err := b.c.call(bctx, tx, e.d)
-		if err == nil {
-			e.out = outHandled
-			continue
-		}
-		if tx.Conn().IsClosed() {
-			// Its own timeout closed the connection (or the server went
-			// away): the batch is lost.
-			lost := &lostError{err: fmt.Errorf("inbox: handler %s: %w", e.d.ID, err), attempted: b.attempted()}
-			if timedOut {
-				lost.culprit = e
-			}
+		if lost := b.check(tx, e, timedOut, err); lost != nil {
 			return false, lost
 		}
-		b.reset()
-		if !isAborted(err) {
-			b.failed(e, err)
+		if e.out == outFailed {
+			b.reset()
+			return false, nil
 		}
-		return false, nil
 	}
 	return true, nil
+}
+
+// check looks at the connection after e's handler returned err (nil or
+// not) and records what became of e. It returns the batch as lost when the
+// connection is gone or unusable: the handler's own timeout closed it, it
+// left rows open (the connection is busy), or the server went away. The
+// handler is the culprit in the first two cases; in the last, nobody is.
+// A handler that returned nil over a transaction it left aborted (a
+// swallowed error) failed after all.
+func (b *batch) check(tx pgx.Tx, e *entry, timedOut bool, err error) *lostError {
+	pg := tx.Conn().PgConn()
+	switch {
+	case pg.IsClosed() || pg.IsBusy():
+		lost := &lostError{err: fmt.Errorf("inbox: the connection is unusable after the handler of %s: %v", e.d.ID, err),
+			attempted: b.attempted() + 1}
+		if timedOut || !pg.IsClosed() {
+			if err == nil {
+				err = errors.New("handler returned nil but left the connection unusable")
+			}
+			lost.culprit = e
+			e.out, e.fail = outFailed, b.classify(e, err)
+		}
+		return lost
+	case err != nil:
+		b.failed(e, err)
+	case pg.TxStatus() == 'E':
+		b.failed(e, errors.New("handler returned nil but left the transaction aborted"))
+	default:
+		e.out = outHandled
+	}
+	return nil
 }
 
 // reset forgets the optimistic pass's successes: its effects are rolled back.
@@ -205,40 +231,6 @@ func (b *batch) attempted() int {
 // failure rolls back only its own effects.
 func (b *batch) careful(ctx, bctx context.Context, tx pgx.Tx) error {
 	sp := savepoint{tx: tx}
-	// last is the delivery handled just before, whose handler may have
-	// returned nil yet left the transaction aborted or the connection
-	// unusable (a swallowed error, rows left open); lastTimedOut says its
-	// context had expired by then.
-	var last *entry
-	lastTimedOut := false
-	// after deals with an error from the statement that follows a
-	// handler. If the handler returned nil but left the transaction
-	// aborted, its delivery failed after all, and the batch goes on from
-	// its savepoint. If it left the connection busy (rows not closed), or
-	// its own timeout closed it, the batch is lost and that delivery is
-	// the culprit. A connection closed otherwise (a killed backend) is
-	// nobody's fault.
-	after := func(step string, err error) error {
-		if last == nil {
-			return &lostError{err: fmt.Errorf("inbox: %s: %w", step, err), attempted: b.attempted()}
-		}
-		culprit := last
-		if !isAborted(err) {
-			lost := &lostError{err: fmt.Errorf("inbox: %s after %s: %w", step, culprit.d.ID, err), attempted: b.attempted()}
-			if lastTimedOut || !tx.Conn().IsClosed() {
-				lost.culprit = culprit
-				culprit.out, culprit.fail = outFailed, b.classify(culprit,
-					fmt.Errorf("handler returned nil but left the connection unusable: %w", err))
-			}
-			return lost
-		}
-		b.failed(culprit, fmt.Errorf("handler returned nil but left the transaction aborted: %w", err))
-		last = nil
-		if err := sp.rollback(bctx); err != nil {
-			return &lostError{err: fmt.Errorf("inbox: rollback to savepoint: %w", err), attempted: b.attempted()}
-		}
-		return nil
-	}
 	for _, e := range b.entries {
 		if e.out != outNone {
 			continue
@@ -251,33 +243,20 @@ func (b *batch) careful(ctx, bctx context.Context, tx pgx.Tx) error {
 			continue
 		}
 		if err := sp.next(bctx); err != nil {
-			if err := after("savepoint", err); err != nil {
-				return err
-			}
+			return &lostError{err: fmt.Errorf("inbox: savepoint: %w", err), attempted: b.attempted()}
 		}
 		timedOut, herr := b.c.call(bctx, tx, e.d)
-		if herr == nil {
-			e.out = outHandled
-			last, lastTimedOut = e, timedOut
-			continue
-		}
-		last = nil
-		if err := sp.rollback(bctx); err != nil {
-			// The connection is gone (a handler timeout closes it, so does
-			// a killed backend): the batch is lost.
-			lost := &lostError{err: fmt.Errorf("inbox: rollback to savepoint after %s failed: %w", e.d.ID, err), attempted: b.attempted() + 1}
-			if timedOut {
-				lost.culprit = e
-				e.out, e.fail = outFailed, b.classify(e, herr)
-			}
+		if lost := b.check(tx, e, timedOut, herr); lost != nil {
 			return lost
 		}
-		b.failed(e, herr)
+		if e.out == outFailed {
+			if err := sp.rollback(bctx); err != nil {
+				return &lostError{err: fmt.Errorf("inbox: rollback to savepoint after %s failed: %w", e.d.ID, err), attempted: b.attempted()}
+			}
+		}
 	}
 	if err := sp.release(bctx); err != nil {
-		if err := after("release savepoint", err); err != nil {
-			return err
-		}
+		return &lostError{err: fmt.Errorf("inbox: release savepoint: %w", err), attempted: b.attempted()}
 	}
 	return nil
 }

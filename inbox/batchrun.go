@@ -54,15 +54,23 @@ func (b *batch) bisect(ctx, bctx context.Context, tx pgx.Tx, todo []*entry) erro
 			return &lostError{err: fmt.Errorf("inbox: savepoint: %w", err), attempted: b.attempted()}
 		}
 		timedOut, err := b.c.callBatch(bctx, tx, todo)
+		if pg := tx.Conn().PgConn(); pg.IsClosed() || pg.IsBusy() {
+			lost := &lostError{err: fmt.Errorf("inbox: the connection is unusable after a batch handler: %v", err),
+				attempted: b.attempted() + len(todo)}
+			if len(todo) == 1 && (timedOut || !pg.IsClosed()) {
+				if err == nil {
+					err = errors.New("batch handler returned nil but left the connection unusable")
+				}
+				lost.culprit = todo[0]
+				todo[0].out, todo[0].fail = outFailed, b.classify(todo[0], err)
+			}
+			return lost
+		} else if err == nil && pg.TxStatus() == 'E' {
+			err = errors.New("batch handler returned nil but left the transaction aborted")
+		}
 		if err == nil {
 			if _, err := tx.Exec(bctx, "RELEASE SAVEPOINT "+partSavepoint); err != nil {
-				lost := &lostError{err: fmt.Errorf("inbox: release savepoint: %w", err), attempted: b.attempted() + len(todo)}
-				if len(todo) == 1 && (timedOut || !tx.Conn().IsClosed()) {
-					lost.culprit = todo[0]
-					todo[0].out, todo[0].fail = outFailed, b.classify(todo[0],
-						fmt.Errorf("batch handler returned nil but left the connection unusable: %w", err))
-				}
-				return lost
+				return &lostError{err: fmt.Errorf("inbox: release savepoint: %w", err), attempted: b.attempted() + len(todo)}
 			}
 			for _, e := range todo {
 				e.out = outHandled
@@ -70,13 +78,8 @@ func (b *batch) bisect(ctx, bctx context.Context, tx pgx.Tx, todo []*entry) erro
 			return nil
 		}
 		if _, rerr := tx.Exec(bctx, "ROLLBACK TO SAVEPOINT "+partSavepoint); rerr != nil {
-			lost := &lostError{err: fmt.Errorf("inbox: rollback to savepoint after a batch handler failed (%v): %w", err, rerr),
+			return &lostError{err: fmt.Errorf("inbox: rollback to savepoint after a batch handler failed (%v): %w", err, rerr),
 				attempted: b.attempted() + len(todo)}
-			if len(todo) == 1 && timedOut {
-				lost.culprit = todo[0]
-				todo[0].out, todo[0].fail = outFailed, b.classify(todo[0], err)
-			}
-			return lost
 		}
 		var be *BatchError
 		if errors.As(err, &be) && len(be.Failed) > 0 {

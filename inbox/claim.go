@@ -16,15 +16,17 @@ import (
 	"github.com/postbox-dev/postbox/internal/headers"
 )
 
-// A claim reads, it does not lock or write: postbox.claim_batch returns up
-// to a batch of deliveries from order partitions no other consumer works
-// (a partition's due parked deliveries first, then its stream from the
-// cursor), each with the cursor it was read at. The batch transaction then
-// takes the partitions it will work (own) and drops the rows of any that
-// another consumer took meanwhile; finish_batch refuses to move a cursor
-// that moved since. So an empty claim is one read-only statement, and a
-// claim never walks a deleted row: the stream is never updated or deleted
-// row by row, however long vacuum is held back.
+// A claim reads, it does not write: postbox.claim_batch takes order
+// partitions no other consumer works with session-level advisory locks
+// (no write, no transaction) and returns up to a batch of their
+// deliveries (a partition's due parked deliveries first, then its stream
+// from the cursor), each with the cursor it was read at. The batch
+// transaction, on the same connection, then turns those locks into its
+// own (own) and drops the rows of any partition whose cursor moved
+// meanwhile; finish_batch refuses to move a cursor that moved since. So an
+// empty claim is one read-only statement, and a claim never walks a
+// deleted row: the stream is never updated or deleted row by row, however
+// long vacuum is held back.
 
 // source says where a claimed delivery is.
 type source string
@@ -39,9 +41,10 @@ type cursorAt struct {
 	nextSeq, epoch int64
 }
 
-// claim runs the claim statement for up to size deliveries.
-func (w *worker) claim(ctx context.Context, set settings, size int) ([]db.ClaimBatchRow, error) {
-	rows, err := db.New(w.c.pool).ClaimBatch(ctx, db.ClaimBatchParams{
+// claim runs the claim statement for up to size deliveries on conn, which
+// then holds the locks of the partitions the rows came from.
+func (w *worker) claim(ctx context.Context, conn db.DBTX, set settings, size int) ([]db.ClaimBatchRow, error) {
+	rows, err := db.New(conn).ClaimBatch(ctx, db.ClaimBatchParams{
 		Subscriber: w.c.cfg.Subscriber,
 		BatchSize:  int32(size),
 		Start:      rand.Int32N(16),
@@ -51,17 +54,13 @@ func (w *worker) claim(ctx context.Context, set settings, size int) ([]db.ClaimB
 	if err != nil {
 		return nil, fmt.Errorf("inbox: claim: %w", err)
 	}
-	// Parked deliveries first, then the stream; at most size in all.
-	if len(rows) > size {
-		rows = rows[:size]
-	}
 	return rows, nil
 }
 
 // own takes, in the batch transaction, the partitions the claim read (and
 // opens the savepoint the batch can roll back to without losing them), and
-// returns those it may work.
-func own(ctx context.Context, tx pgx.Tx, subscriber string, parts map[int16]cursorAt) ([]int16, error) {
+// returns those it may work. release lets go of the claim's session locks.
+func own(ctx context.Context, tx pgx.Tx, subscriber string, parts map[int16]cursorAt, release bool) ([]int16, error) {
 	ps := make([]int16, 0, len(parts))
 	for p := range parts {
 		ps = append(ps, p)
@@ -73,7 +72,7 @@ func own(ctx context.Context, tx pgx.Tx, subscriber string, parts map[int16]curs
 	}
 	var owned []int16
 	b := &pgx.Batch{}
-	b.Queue(db.OwnPartitions, subscriber, ps, epochs).QueryRow(func(r pgx.Row) error {
+	b.Queue(db.OwnPartitions, subscriber, ps, epochs, release).QueryRow(func(r pgx.Row) error {
 		return r.Scan(&owned)
 	})
 	b.Queue("SAVEPOINT " + batchSavepoint)

@@ -168,6 +168,11 @@ type Consumer struct {
 	coord    coordinator
 	busy     busyParts
 
+	// once is what RunOnce's batches leave for the next one (a smaller
+	// batch after a lost one, a culprit still to isolate).
+	onceMu sync.Mutex
+	once   workerState
+
 	batches, handled, failed, dead, duplicates, errs, claims, emptyClaims, conflicts atomic.Int64
 }
 
@@ -231,7 +236,16 @@ func (c *Consumer) Run(ctx context.Context) error {
 // services use Run.
 func (c *Consumer) RunOnce(ctx context.Context) (int, error) {
 	w := newWorker(c)
-	return w.once(ctx)
+	c.onceMu.Lock()
+	if c.once.limit > 0 {
+		w.workerState = c.once
+	}
+	c.onceMu.Unlock()
+	n, err := w.once(ctx)
+	c.onceMu.Lock()
+	c.once = w.workerState
+	c.onceMu.Unlock()
+	return n, err
 }
 
 func (c *Consumer) loadSettings(ctx context.Context) (settings, error) {

@@ -12,6 +12,7 @@ import (
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/dispatcher"
 	"github.com/postbox-dev/postbox/inbox"
+	"github.com/postbox-dev/postbox/internal/pgtest"
 	"github.com/postbox-dev/postbox/outbox"
 )
 
@@ -76,7 +77,7 @@ func TestReplayedDeadLettersAreHandledAndPurgeDeletes(t *testing.T) {
 		t.Fatalf("replayed %d, want the other 2", got)
 	}
 	waitFor(t, "every replayed letter handled", func() (bool, error) {
-		n, err := count(ctx, pool, `SELECT count(*) FROM postbox.inbox`)
+		n, err := count(ctx, pool, pgtest.PendingSQL)
 		return n == 0, err
 	})
 	if exited() {
@@ -113,7 +114,7 @@ func TestReplayedDeadLettersAreHandledAndPurgeDeletes(t *testing.T) {
 	if got := replay(`SELECT postbox.purge_dead_letters('work')`); got != 2 {
 		t.Fatalf("purged %d, want 2", got)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.inbox`); got != 0 {
+	if got := mustCount(t, pool, pgtest.PendingSQL); got != 0 {
 		t.Fatalf("inbox rows after purge = %d, want 0", got)
 	}
 	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != n {

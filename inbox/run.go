@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/postbox-dev/postbox/internal/db"
 )
@@ -22,9 +23,21 @@ func (w *worker) once(ctx context.Context) (int, error) {
 	}
 	size := w.size()
 	started := time.Now()
-	rows, err := w.claim(ctx, set, size)
+	conn, err := c.pool.Acquire(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, nil
+		}
+		c.errs.Add(1)
+		return 0, fmt.Errorf("inbox: acquire: %w", err)
+	}
+	defer conn.Release()
+	rows, err := w.claim(ctx, conn, set, size)
 	c.claims.Add(1)
 	if err != nil {
+		// It may have taken partitions before it failed: they must not
+		// stay locked by a connection that goes back to the pool.
+		_ = conn.Conn().Close(context.WithoutCancel(ctx))
 		if ctx.Err() != nil {
 			return 0, nil
 		}
@@ -40,34 +53,59 @@ func (w *worker) once(ctx context.Context) (int, error) {
 		c.coord.wakeOne() // a full batch: more is likely waiting
 	}
 	b := newBatch(c, set, rows, started, time.Since(started))
-	if err := w.handle(ctx, b); err != nil {
+	if err := w.handle(ctx, conn, b); err != nil {
 		c.errs.Add(1)
 		return len(rows), err
 	}
 	return len(rows), nil
 }
 
-// handle runs one claimed batch in a transaction of its own. The batch is
-// not cut short by ctx: it commits or rolls back whole, and ctx only stops
-// it from starting more handlers.
-func (w *worker) handle(ctx context.Context, b *batch) error {
+// handle runs one claimed batch in a transaction of its own on conn, which
+// holds the claim's session locks on the batch's partitions until own
+// turns them into the transaction's. The batch is not cut short by ctx: it
+// commits or rolls back whole, and ctx only stops it from starting more
+// handlers.
+func (w *worker) handle(ctx context.Context, conn *pgxpool.Conn, b *batch) error {
 	c := w.c
 	bctx := context.WithoutCancel(ctx)
-	conn, err := c.pool.Acquire(bctx)
-	if err != nil {
-		return fmt.Errorf("inbox: acquire: %w", err)
+	released := false
+	defer func() {
+		if !released {
+			// The session locks were not handed to a transaction: close
+			// the connection rather than give it back holding them.
+			_ = conn.Conn().Close(bctx)
+		}
+	}()
+	pg := conn.Conn().PgConn()
+	// lost stops what the server may still be running for this connection
+	// once it is gone (pgx closes a connection whose query is cancelled,
+	// and the backend would run on, holding the batch's locks).
+	lost := func(err error) error {
+		if !pg.IsClosed() && pg.IsBusy() {
+			// Rows left open: the transaction cannot even roll back. Closing
+			// the connection makes the server end it and let go its locks.
+			cctx, cancel := context.WithTimeout(bctx, time.Second)
+			_ = conn.Conn().Close(cctx)
+			cancel()
+		}
+		if pg.IsClosed() {
+			cctx, cancel := context.WithTimeout(bctx, 2*time.Second)
+			_ = pg.CancelRequest(cctx)
+			cancel()
+		}
+		return w.lost(b, err)
 	}
-	defer conn.Release()
 	// The claim's reasoning is READ COMMITTED's, whatever the server's default.
 	tx, err := conn.BeginTx(bctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
 		return fmt.Errorf("inbox: begin: %w", err)
 	}
 	defer tx.Rollback(bctx)
-	owned, err := own(bctx, tx, c.cfg.Subscriber, b.parts)
+	owned, err := own(bctx, tx, c.cfg.Subscriber, b.parts, true)
 	if err != nil {
-		return w.lost(b, &lostError{err: err})
+		return lost(&lostError{err: err})
 	}
+	released = true
 	if dropped := b.keepOwned(owned); dropped > 0 {
 		c.conflicts.Add(int64(dropped))
 	}
@@ -81,32 +119,35 @@ func (w *worker) handle(ctx context.Context, b *batch) error {
 		// up before handling this one.
 		handled, err := db.New(tx).ProcessedAmong(bctx, db.ProcessedAmongParams{Subscriber: c.cfg.Subscriber, MessageIds: b.ids()})
 		if err != nil {
-			return w.lost(b, &lostError{err: fmt.Errorf("inbox: dedup check: %w", err)})
+			return lost(&lostError{err: fmt.Errorf("inbox: dedup check: %w", err)})
 		}
 		b.markDuplicates(handled)
 		w.dedup = false
 	}
 	if err := b.run(ctx, bctx, tx); err != nil {
-		return w.lost(b, err)
+		return lost(err)
 	}
 	err = db.New(tx).FinishBatch(bctx, b.finishParams())
 	if isAborted(err) && c.cfg.Handler != nil {
 		// The last handler returned nil over a transaction it left aborted:
 		// run again carefully, which finds it.
 		if _, rerr := tx.Exec(bctx, "ROLLBACK TO SAVEPOINT "+batchSavepoint); rerr != nil {
-			return w.lost(b, &lostError{err: rerr})
+			return lost(&lostError{err: rerr})
 		}
 		b.reset()
 		if err := b.careful(ctx, bctx, tx); err != nil {
-			return w.lost(b, err)
+			return lost(err)
 		}
 		err = db.New(tx).FinishBatch(bctx, b.finishParams())
 	}
 	if err != nil {
-		return w.finishFailed(b, err)
+		if err := w.finishFailed(b, err); err != nil {
+			return lost(err)
+		}
+		return nil
 	}
 	if err := tx.Commit(bctx); err != nil {
-		return w.commitFailed(b, err)
+		return w.commitFailed(b, err, lost)
 	}
 	w.limit = min(2*w.limit, c.cfg.BatchSize)
 	c.count(b)
@@ -129,7 +170,7 @@ func (w *worker) finishFailed(b *batch, err error) error {
 			return nil
 		}
 	}
-	return w.lost(b, &lostError{err: fmt.Errorf("inbox: finish batch: %w", err), attempted: b.attempted()})
+	return &lostError{err: fmt.Errorf("inbox: finish batch: %w", err), attempted: b.attempted()}
 }
 
 // commitFailed handles a refused COMMIT (a handler's effects violate a
@@ -137,11 +178,11 @@ func (w *worker) finishFailed(b *batch, err error) error {
 // claiming the same batch again would fail again. Alone in its batch, the
 // delivery is charged the attempt; otherwise the next claims take one
 // delivery at a time until it shows itself.
-func (w *worker) commitFailed(b *batch, err error) error {
+func (w *worker) commitFailed(b *batch, err error, lost func(error) error) error {
 	err = fmt.Errorf("inbox: commit: %w", err)
 	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) {
-		return w.lost(b, &lostError{err: err, attempted: b.attempted()}) // the connection failed
+	if !errors.As(err, &pgErr) || pgErr.Severity == "FATAL" {
+		return lost(&lostError{err: err, attempted: b.attempted()}) // the session is gone
 	}
 	var attempted []*entry
 	for _, e := range b.entries {
@@ -161,11 +202,13 @@ func (w *worker) commitFailed(b *batch, err error) error {
 
 // lost handles a batch whose transaction is gone. The server ending the
 // session (a timeout, an administrator) or the connection failing makes
-// the worker's batches smaller; a delivery whose own doing it was (its
-// handler's timeout closed the connection, it left the connection busy,
-// or it ran alone when the server timed the session out) is charged the
-// attempt in a transaction of its own, so it cannot stall every batch it
-// lands in. Nobody else is charged anything.
+// the worker's batches smaller. A delivery whose own doing it was (its
+// handler's timeout closed the connection, or it left the connection
+// busy) or that ran alone when the server timed the session out is
+// charged the attempt in a transaction of its own, so it cannot stall
+// every batch it lands in. Nobody else is charged anything: when the
+// server ends a session of a larger batch, nobody can tell whose fault
+// it was.
 func (w *worker) lost(b *batch, err error) error {
 	var lost *lostError
 	if !errors.As(err, &lost) {
@@ -182,11 +225,11 @@ func (w *worker) lost(b *batch, err error) error {
 		}
 	}
 	if culprit != nil {
-		if lost.attempted > 1 || !first(b, culprit) {
-			// Not alone: find it alone.
-			w.isolated = len(b.entries)
-		} else {
+		if first(b, culprit) {
 			w.recordAlone(b, culprit)
+		} else {
+			// Its cursor cannot move past it alone: find it alone.
+			w.isolated = len(b.entries)
 		}
 	}
 	return lost.err
@@ -229,13 +272,28 @@ func (w *worker) recordAlone(b *batch, culprit *entry) {
 	defer cancel()
 	alone := &batch{c: c, set: b.set, entries: []*entry{culprit}, started: time.Now(),
 		parts: map[int16]cursorAt{culprit.row.Part: b.parts[culprit.row.Part]}}
-	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		owned, err := own(ctx, tx, c.cfg.Subscriber, alone.parts)
-		if err != nil || len(owned) == 0 {
-			return err
+	// The lost batch's backend may hold the partition a moment longer
+	// (until the cancel sent for it lands): try again for a while.
+	var err error
+	for wait := 10 * time.Millisecond; ; wait *= 2 {
+		owned := false
+		err = pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+			parts, err := own(ctx, tx, c.cfg.Subscriber, alone.parts, false)
+			if err != nil || len(parts) == 0 {
+				return err
+			}
+			owned = true
+			return db.New(tx).FinishBatch(ctx, alone.finishParams())
+		})
+		if err != nil || owned || wait > 2*time.Second {
+			break
 		}
-		return db.New(tx).FinishBatch(ctx, alone.finishParams())
-	})
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 	if err != nil {
 		c.cfg.Logger.Error("record failed attempt", "subscriber", c.cfg.Subscriber, "message_id", culprit.d.ID, "err", err)
 		return

@@ -153,14 +153,19 @@ func (c *Consumer) work(ctx context.Context, log *slog.Logger) {
 // after the server ended a batch's session), and whether its next claim
 // must look for second copies of handled messages.
 type worker struct {
-	c        *Consumer
-	limit    int
-	dedup    bool
-	isolated int // claims still to take one delivery at a time
+	c *Consumer
+	workerState
+}
+
+// workerState is what a worker's batches leave for the next one.
+type workerState struct {
+	limit    int  // batch size now
+	dedup    bool // look up handled IDs before the next batch
+	isolated int  // claims still to take one delivery at a time
 }
 
 func newWorker(c *Consumer) *worker {
-	return &worker{c: c, limit: c.cfg.BatchSize}
+	return &worker{c: c, workerState: workerState{limit: c.cfg.BatchSize}}
 }
 
 // size is the batch size of the next claim.

@@ -24,7 +24,7 @@ type sinkState struct {
 
 // maxSinkAttempts bounds how often one message is handed to a sink that
 // refuses it alone before it is quarantined (a dead letter of "_relay").
-const maxSinkAttempts = 10
+const maxSinkAttempts = 5
 
 // sinkOnce hands one batch of one relay partition to the Sink. The
 // partition is held with a session lock on a connection of its own while
@@ -88,9 +88,10 @@ func (r *Relay) sinkPartition(ctx context.Context, q *db.Queries, part int) (Res
 	}
 	batch := make([]dispatcher.Envelope, len(rows))
 	ids := make([]int64, len(rows))
+	slots := make([]int16, len(rows))
 	for i, row := range rows {
 		batch[i] = envelope(row)
-		ids[i] = row.ID
+		ids[i], slots[i] = row.ID, row.Slot
 	}
 	dctx, cancel := context.WithTimeout(ctx, r.cfg.SinkTimeout)
 	err = r.cfg.Sink.Deliver(dctx, batch)
@@ -104,7 +105,7 @@ func (r *Relay) sinkPartition(ctx context.Context, q *db.Queries, part int) (Res
 	r.sink.failures = 0
 	full := len(rows) >= r.size
 	r.size = min(2*r.size, r.cfg.BatchSize)
-	if _, err := q.DeleteOutbox(context.WithoutCancel(ctx), ids); err != nil {
+	if _, err := q.DeleteOutbox(context.WithoutCancel(ctx), db.DeleteOutboxParams{Slots: slots, Ids: ids}); err != nil {
 		return Result{}, fmt.Errorf("relay: sink: delete %d delivered messages: %w", len(ids), err)
 	}
 	r.marks.advance([]int16{int16(part)}, cleared, full, ids[len(ids)-1])
@@ -118,7 +119,7 @@ func (r *Relay) sinkPartition(ctx context.Context, q *db.Queries, part int) (Res
 func (r *Relay) sinkFailed(ctx context.Context, q *db.Queries, rows []db.PostboxOutbox, err error) (Result, error) {
 	err = fmt.Errorf("relay: sink: deliver %d messages: %w", len(rows), err)
 	if len(rows) > 1 {
-		r.size = max(1, r.size/2)
+		r.size = max(1, len(rows)/2)
 		return Result{}, err
 	}
 	if r.sink.failedID != rows[0].ID {

@@ -92,7 +92,9 @@ func TestStatusDownAndMigrate(t *testing.T) {
 }
 
 // A postbox schema that also holds a table of the user's is not dropped:
-// Reset fails, and the migration's down rolls back whole.
+// Reset fails at the first migration's down, which rolls back whole (the
+// later migrations' downs have run, each in its own transaction, keeping
+// the data), and Migrate brings the schema back up.
 func TestResetLeavesUsersObjectsAlone(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -107,13 +109,22 @@ func TestResetLeavesUsersObjectsAlone(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM postbox.subscribers`).Scan(&n); err != nil || n != 1 {
 		t.Errorf("after the failed Reset: subscribers = %d (%v), want the row kept", n, err)
 	}
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM postbox.mine`).Scan(&n); err != nil {
+		t.Errorf("the user's table is gone: %v", err)
+	}
+	if err := schema.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
 	st, err := schema.Status(ctx, pool)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range st {
 		if !m.Applied {
-			t.Errorf("after the failed Reset: %+v not applied", m)
+			t.Errorf("after the failed Reset and Migrate: %+v not applied", m)
 		}
+	}
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM postbox.subscribers`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("after Migrate: subscribers = %d (%v), want the row kept", n, err)
 	}
 }

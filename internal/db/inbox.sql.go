@@ -54,9 +54,9 @@ type ClaimBatchRow struct {
 }
 
 // Up to batch_size deliveries that may be handled now, from order
-// partitions no other consumer works; see postbox.claim_batch. Runs outside
-// any transaction: it only reads (and its shared partition locks end with
-// the statement), so an empty claim writes nothing.
+// partitions no other consumer works, which stay locked for this session;
+// see postbox.claim_batch. Runs outside any transaction and only reads: an
+// empty claim writes nothing.
 func (q *Queries) ClaimBatch(ctx context.Context, arg ClaimBatchParams) ([]ClaimBatchRow, error) {
 	rows, err := q.db.Query(ctx, ClaimBatch,
 		arg.Subscriber,
@@ -199,19 +199,26 @@ func (q *Queries) MarkProcessed(ctx context.Context, arg MarkProcessedParams) (i
 }
 
 const OwnPartitions = `-- name: OwnPartitions :one
-SELECT postbox.own_partitions($1::text, $2::smallint[], $3::bigint[])::smallint[] AS parts
+SELECT postbox.own_partitions($1::text, $2::smallint[], $3::bigint[], $4::boolean)::smallint[] AS parts
 `
 
 type OwnPartitionsParams struct {
 	Subscriber string
 	Parts      []int16
 	Epochs     []int64
+	Release    bool
 }
 
 // In the batch transaction: the claimed partitions this batch may work,
-// locked until it ends; see postbox.own_partitions.
+// locked until it ends, the claim's session locks let go; see
+// postbox.own_partitions.
 func (q *Queries) OwnPartitions(ctx context.Context, arg OwnPartitionsParams) ([]int16, error) {
-	row := q.db.QueryRow(ctx, OwnPartitions, arg.Subscriber, arg.Parts, arg.Epochs)
+	row := q.db.QueryRow(ctx, OwnPartitions,
+		arg.Subscriber,
+		arg.Parts,
+		arg.Epochs,
+		arg.Release,
+	)
 	var parts []int16
 	err := row.Scan(&parts)
 	return parts, err

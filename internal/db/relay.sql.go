@@ -10,11 +10,19 @@ import (
 )
 
 const DeleteOutbox = `-- name: DeleteOutbox :execrows
-DELETE FROM postbox.outbox WHERE id = ANY ($1::bigint[])
+DELETE FROM postbox.outbox o
+USING (SELECT unnest($1::smallint[]) AS slot, unnest($2::bigint[]) AS id) d
+WHERE o.slot = d.slot AND o.id = d.id
 `
 
-func (q *Queries) DeleteOutbox(ctx context.Context, ids []int64) (int64, error) {
-	result, err := q.db.Exec(ctx, DeleteOutbox, ids)
+type DeleteOutboxParams struct {
+	Slots []int16
+	Ids   []int64
+}
+
+// Deletes delivered rows by (slot, id), so each is one probe of its slot.
+func (q *Queries) DeleteOutbox(ctx context.Context, arg DeleteOutboxParams) (int64, error) {
+	result, err := q.db.Exec(ctx, DeleteOutbox, arg.Slots, arg.Ids)
 	if err != nil {
 		return 0, err
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Querier is what the helpers need: a pool, a connection or a transaction.
@@ -77,4 +78,25 @@ func Attempts(t testing.TB, ctx context.Context, db Querier, subscriber string, 
 	t.Helper()
 	return Count(t, ctx, db, `SELECT coalesce((SELECT attempts FROM postbox.parked WHERE subscriber = $1 AND message_id = $2),
 		(SELECT attempts FROM postbox.dead_letters WHERE subscriber = $1 AND message_id = $2), 0)`, subscriber, id)
+}
+
+// PendingSQL counts every subscriber's pending deliveries (the stream past
+// the cursors, and parked ones), for tests that wait until all is handled.
+const PendingSQL = `SELECT (SELECT count(*) FROM postbox.inbox_cursors c
+	JOIN postbox.inbox r ON r.subscriber = c.subscriber AND r.part = c.part AND r.seq >= c.next_seq)
+	+ (SELECT count(*) FROM postbox.parked)`
+
+// Connect opens another pool on the database of like, with up to maxConns
+// connections; its sessions start afresh (with the database's settings as
+// they are now). It is closed when t ends.
+func Connect(t testing.TB, like *pgxpool.Pool, maxConns int) *pgxpool.Pool {
+	t.Helper()
+	cfg := like.Config().Copy()
+	cfg.MaxConns = int32(maxConns)
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("pgtest: open pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }

@@ -328,8 +328,10 @@ CREATE INDEX dead_letters_key_idx ON postbox.dead_letters (subscriber, key, seq)
 
 -- The old inbox's rows: dead ones become dead letters; pending ones that
 -- never failed go back into the stream with their seq (delayed and
--- replayed ones too: consumers park what must wait), and those in backoff,
--- always their key's earliest pending delivery, are parked. Cursors of existing
+-- replayed ones too: consumers park what must wait; a replayed one keeps
+-- its replay count in its x-replay-count header), and those in backoff,
+-- always their key's earliest pending delivery, are parked, as are the
+-- pending ones of subscribers no longer declared. Cursors of existing
 -- subscribers start at 0, before every migrated row. Each delivery moves
 -- exactly once: nothing is lost and nothing doubled.
 INSERT INTO postbox.dead_letters (subscriber, message_id, part, seq, key_hash, attempts, replay_count,
@@ -355,11 +357,12 @@ SELECT i.subscriber, (h.key_hash % 16)::smallint, i.seq, i.message_id, h.key_has
        i.headers, i.available_at, i.created_at, i.enqueued_at
 FROM postbox.inbox_v1 i
 CROSS JOIN LATERAL (SELECT postbox.key_hash(coalesce(convert_to(i.key, 'UTF8'), uuid_send(i.message_id))) AS key_hash) h
-WHERE i.status = 'pending' AND i.attempts = 0;
+WHERE i.status = 'pending' AND i.attempts = 0
+  AND EXISTS (SELECT 1 FROM postbox.subscribers s WHERE s.name = i.subscriber);
 INSERT INTO postbox.parked (subscriber, message_id, part, seq, key_hash, attempts, replay_count, reason,
     topic, type, key, payload, headers, available_at, created_at, enqueued_at, last_error, last_error_at)
 SELECT i.subscriber, i.message_id, (h.key_hash % 16)::smallint, i.seq, h.key_hash, i.attempts, i.replay_count,
-       'retry',
+       CASE WHEN i.attempts > 0 THEN 'retry' ELSE 'replayed' END,
        i.topic, i.type, i.key, i.payload, i.headers,
        -- only a key's earliest parked delivery may be due
        CASE WHEN i.key IS NOT NULL AND EXISTS (
@@ -370,7 +373,11 @@ SELECT i.subscriber, i.message_id, (h.key_hash % 16)::smallint, i.seq, h.key_has
        i.created_at, i.enqueued_at, i.last_error, i.last_error_at
 FROM postbox.inbox_v1 i
 CROSS JOIN LATERAL (SELECT postbox.key_hash(coalesce(convert_to(i.key, 'UTF8'), uuid_send(i.message_id))) AS key_hash) h
-WHERE i.status = 'pending' AND i.attempts > 0;
+WHERE i.status = 'pending'
+  -- in backoff; or left by a subscriber that is no longer declared: the
+  -- stream is read only through a declared subscriber's cursors, and a
+  -- parked delivery waits, visible, for its subscriber to come back
+  AND (i.attempts > 0 OR NOT EXISTS (SELECT 1 FROM postbox.subscribers s WHERE s.name = i.subscriber));
 INSERT INTO postbox.inbox_cursors (subscriber, part, next_seq)
 SELECT s.name, p, 0 FROM postbox.subscribers s, generate_series(0, 15) p;
 
@@ -400,23 +407,41 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
 $$;
 -- +goose StatementEnd
 
+-- How often a stream delivery was replayed before (postbox 1 gave a
+-- replayed letter a new seq in the inbox, so a migrated one can be in the
+-- stream): its x-replay-count header, 0 when absent or not a number.
+-- +goose StatementBegin
+CREATE FUNCTION postbox.replay_count(headers jsonb) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN headers->>'x-replay-count' ~ '^[0-9]{1,9}$'
+                THEN (headers->>'x-replay-count')::integer ELSE 0 END
+$$;
+-- +goose StatementEnd
+
 ------------------------------------------------------------------------------
 -- Consuming. A batch is: claim_batch (no transaction: it only reads), then
 -- BEGIN; own_partitions; the handlers; finish_batch; COMMIT.
 
--- Up to batch_size deliveries of one subscriber that may be handled now,
--- from the order partitions no other consumer is working, starting at
--- partition start and going round: first the partitions' due parked
--- deliveries, then their stream from the cursor, in seq order. Rows come
--- with the cursor (next_seq, epoch) they were read at; own_partitions and
--- finish_batch refuse a batch whose partition moved on meanwhile. blocked
--- marks a stream delivery whose key has a parked (or, with key_on_dead
--- 'park', dead) delivery: it must wait behind it; handled marks a second
--- copy of a message the subscriber handled within its dedup window (one
--- primary-key probe per row), which must not reach the handler again.
--- A function for its SET clause: the plans must not depend on statistics,
--- which a queue table never has right (a fresh inbox has none, a truncated
--- slot has lost them): only the index paths below exist.
+-- Up to batch_size deliveries of one subscriber that may be handled now.
+-- Going round the order partitions from partition start, it takes each one
+-- no other consumer works with a session-level advisory lock, then reads
+-- the partition's due parked deliveries and its stream from the cursor,
+-- in seq order, until the batch is full; a partition with nothing to give
+-- is let go at once. The caller keeps the locks of the partitions that
+-- gave rows until own_partitions turns them into its batch transaction's
+-- (so no other consumer claims the same rows meanwhile), and must let them
+-- go (or close the connection) if it does not get that far. Rows come with
+-- the cursor (next_seq, epoch) they were read at: a batch whose partition
+-- moved on meanwhile cannot finish. blocked marks a stream delivery whose
+-- key has a parked (or, with key_on_dead 'park', dead) delivery: it must
+-- wait behind it; handled marks a second copy of a message the subscriber
+-- handled within its dedup window (one primary-key probe per row), which
+-- must not reach the handler again.
+-- A function for its SET clauses and its loop: the plans must not depend
+-- on statistics, which a queue table never has right (a fresh inbox has
+-- none, a truncated slot has lost them): only the index paths below exist,
+-- and they are planned once per session (generic plans; custom ones cost
+-- about a millisecond of planning per call over eight partitions).
 -- +goose StatementBegin
 CREATE FUNCTION postbox.claim_batch(
     p_subscriber   text,
@@ -431,6 +456,7 @@ RETURNS TABLE (
     handled boolean)
 LANGUAGE plpgsql
 SET jit = off
+SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 SET enable_bitmapscan = off
 AS $$
@@ -440,76 +466,96 @@ DECLARE
     any_parked constant boolean := EXISTS (SELECT 1 FROM postbox.parked k WHERE k.subscriber = p_subscriber);
     any_dead   constant boolean := p_park_on_dead AND EXISTS (
         SELECT 1 FROM postbox.dead_letters d WHERE d.subscriber = p_subscriber AND d.key IS NOT NULL);
+    parts      constant integer := postbox.order_partitions();
+    wanted     integer := p_batch_size;
+    got        integer;
+    p          smallint;
+    c_next     bigint;
+    c_epoch    bigint;
+    n_stream   integer;
 BEGIN
-    RETURN QUERY
-    WITH cur AS MATERIALIZED (
-        SELECT c.part, c.next_seq, c.epoch
-        FROM postbox.inbox_cursors c
-        WHERE c.subscriber = p_subscriber
-          AND c.part <> ALL (p_skip)
-          -- A partition another consumer works is skipped: its exclusive
-          -- lock makes this shared one fail. This one ends with the statement.
-          AND pg_try_advisory_xact_lock_shared(lock_key, c.part)
-        ORDER BY (c.part - p_start + 32) % 16)
-    (SELECT 'parked'::text, cur.part, cur.next_seq, cur.epoch, k.seq, k.message_id, k.key_hash,
-            k.attempts, k.replay_count, k.topic, k.type, k.key, k.payload, k.headers, k.created_at,
-            k.available_at, false,
-            EXISTS (SELECT 1 FROM postbox.processed pr
-                    WHERE pr.subscriber = p_subscriber AND pr.message_id = k.message_id)
-     FROM cur
-     CROSS JOIN LATERAL (
-         SELECT k.seq, k.message_id, k.key_hash, k.attempts, k.replay_count, k.topic, k.type, k.key,
-                k.payload, k.headers, k.created_at, k.available_at
-         FROM postbox.parked k
-         WHERE any_parked
-           AND k.subscriber = p_subscriber AND k.part = cur.part AND k.available_at <= now()
-           -- only a key's earliest parked delivery may be due: a guard
-           AND (k.key IS NULL OR NOT EXISTS (
-                SELECT 1 FROM postbox.parked e
-                WHERE e.subscriber = p_subscriber AND e.key = k.key AND e.seq < k.seq
-                  AND e.available_at > now()))
-         ORDER BY k.available_at, k.seq
-         LIMIT p_batch_size) k
-     LIMIT p_batch_size)
-    UNION ALL
-    (SELECT 'stream'::text, cur.part, cur.next_seq, cur.epoch, r.seq, r.message_id, r.key_hash,
-            0, 0, r.topic, r.type, r.key, r.payload, r.headers, r.created_at, r.available_at,
-            r.key IS NOT NULL AND (
-                (any_parked AND EXISTS (
-                    SELECT 1 FROM postbox.parked b WHERE b.subscriber = p_subscriber AND b.key = r.key))
-             OR (any_dead AND EXISTS (
-                    SELECT 1 FROM postbox.dead_letters d WHERE d.subscriber = p_subscriber AND d.key = r.key))),
-            EXISTS (SELECT 1 FROM postbox.processed pr
-                    WHERE pr.subscriber = p_subscriber AND pr.message_id = r.message_id)
-     FROM cur
-     CROSS JOIN LATERAL (
-         SELECT r.seq, r.message_id, r.key_hash, r.topic, r.type, r.key, r.payload, r.headers,
-                r.created_at, r.available_at
-         FROM postbox.inbox r
-         WHERE r.subscriber = p_subscriber AND r.part = cur.part AND r.seq >= cur.next_seq
-         ORDER BY r.seq
-         LIMIT p_batch_size) r
-     -- no ORDER BY: partitions stream in the cursor order above, so the
-     -- scan stops as soon as batch_size rows are found
-     LIMIT p_batch_size);
+    FOR i IN 0 .. parts - 1 LOOP
+        EXIT WHEN wanted <= 0;
+        p := ((p_start + i) % parts)::smallint;
+        CONTINUE WHEN p = ANY (p_skip) OR NOT pg_try_advisory_lock(lock_key, p);
+        SELECT c.next_seq, c.epoch INTO c_next, c_epoch
+        FROM postbox.inbox_cursors c WHERE c.subscriber = p_subscriber AND c.part = p;
+        IF NOT FOUND THEN
+            PERFORM pg_advisory_unlock(lock_key, p);
+            CONTINUE;
+        END IF;
+        got := 0;
+        IF any_parked THEN
+            RETURN QUERY
+            SELECT 'parked'::text, p, c_next, c_epoch, k.seq, k.message_id, k.key_hash, k.attempts,
+                   k.replay_count, k.topic, k.type, k.key, k.payload, k.headers, k.created_at,
+                   k.available_at, false,
+                   EXISTS (SELECT 1 FROM postbox.processed pr
+                           WHERE pr.subscriber = p_subscriber AND pr.message_id = k.message_id)
+            FROM postbox.parked k
+            WHERE k.subscriber = p_subscriber AND k.part = p AND k.available_at <= now()
+              -- only a key's earliest parked delivery may be due: a guard
+              AND (k.key IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM postbox.parked e
+                   WHERE e.subscriber = p_subscriber AND e.key = k.key AND e.seq < k.seq
+                     AND e.available_at > now()))
+            ORDER BY k.available_at, k.seq
+            LIMIT wanted;
+            GET DIAGNOSTICS got = ROW_COUNT;
+        END IF;
+        IF wanted - got > 0 THEN
+            RETURN QUERY
+            SELECT 'stream'::text, p, c_next, c_epoch, r.seq, r.message_id, r.key_hash, 0, 0,
+                   r.topic, r.type, r.key, r.payload, r.headers, r.created_at, r.available_at,
+                   r.key IS NOT NULL AND (
+                       (any_parked AND EXISTS (
+                           SELECT 1 FROM postbox.parked b WHERE b.subscriber = p_subscriber AND b.key = r.key))
+                    OR (any_dead AND EXISTS (
+                           SELECT 1 FROM postbox.dead_letters d WHERE d.subscriber = p_subscriber AND d.key = r.key))),
+                   EXISTS (SELECT 1 FROM postbox.processed pr
+                           WHERE pr.subscriber = p_subscriber AND pr.message_id = r.message_id)
+            FROM postbox.inbox r
+            WHERE r.subscriber = p_subscriber AND r.part = p AND r.seq >= c_next
+            ORDER BY r.seq
+            LIMIT wanted - got;
+            GET DIAGNOSTICS n_stream = ROW_COUNT;
+            got := got + n_stream;
+        END IF;
+        IF got = 0 THEN
+            PERFORM pg_advisory_unlock(lock_key, p);
+        END IF;
+        wanted := wanted - got;
+    END LOOP;
 END
 $$;
 -- +goose StatementEnd
 
--- Takes, for the batch transaction, the order partitions whose cursor is
--- still at the epoch the claim read, and returns them. The others were
--- taken by another consumer meanwhile, and their rows must be let go.
+-- In the batch transaction: takes the claimed order partitions whose
+-- cursor is still at the epoch the claim read, for the transaction, lets
+-- go of the claim's session locks on all of them (release: the caller ran
+-- claim_batch on this session), and returns the taken ones. The others moved on meanwhile, and their rows must be let go.
 -- +goose StatementBegin
-CREATE FUNCTION postbox.own_partitions(p_subscriber text, p_parts smallint[], p_epochs bigint[])
+CREATE FUNCTION postbox.own_partitions(p_subscriber text, p_parts smallint[], p_epochs bigint[],
+                                       p_release boolean)
 RETURNS smallint[]
-LANGUAGE sql AS $$
-    SELECT coalesce(array_agg(c.part ORDER BY c.part), '{}')
-    FROM unnest(p_parts, p_epochs) AS x(part, epoch)
-    JOIN postbox.inbox_cursors c ON c.subscriber = p_subscriber AND c.part = x.part
-    -- CASE: lock only a partition that is still where the claim saw it
-    WHERE CASE WHEN c.epoch = x.epoch
-               THEN pg_try_advisory_xact_lock(postbox.inbox_lock_key(p_subscriber), c.part)
-               ELSE false END
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    lock_key constant integer := postbox.inbox_lock_key(p_subscriber);
+    owned    smallint[] := '{}';
+BEGIN
+    FOR i IN 1 .. coalesce(cardinality(p_parts), 0) LOOP
+        IF pg_try_advisory_xact_lock(lock_key, p_parts[i]) AND EXISTS (
+               SELECT 1 FROM postbox.inbox_cursors c
+               WHERE c.subscriber = p_subscriber AND c.part = p_parts[i] AND c.epoch = p_epochs[i]) THEN
+            owned := owned || p_parts[i];
+        END IF;
+        IF p_release THEN
+            PERFORM pg_advisory_unlock(lock_key, p_parts[i]); -- the claim's session lock
+        END IF;
+    END LOOP;
+    RETURN owned;
+END
 $$;
 -- +goose StatementEnd
 
@@ -550,6 +596,7 @@ CREATE FUNCTION postbox.finish_batch(
 RETURNS void
 LANGUAGE plpgsql
 SET jit = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -619,7 +666,8 @@ BEGIN
         INSERT INTO postbox.dead_letters (subscriber, message_id, part, seq, key_hash, attempts,
                                           replay_count, topic, type, key, payload, headers, created_at,
                                           enqueued_at, last_error, last_error_at, dead_at)
-        SELECT r.subscriber, r.message_id, r.part, r.seq, r.key_hash, x.attempts, 0, r.topic, r.type,
+        SELECT r.subscriber, r.message_id, r.part, r.seq, r.key_hash, x.attempts,
+               postbox.replay_count(r.headers), r.topic, r.type,
                r.key, r.payload, postbox.dead_letter_headers(r.headers, x.attempts, x.error),
                r.created_at, r.enqueued_at, x.error, statement_timestamp(), statement_timestamp()
         FROM unnest(p_dead_ids, p_dead_parked, p_dead_parts, p_dead_seqs, p_dead_attempts, p_dead_errors)
@@ -711,7 +759,9 @@ $$;
 -- vacuum from removing), deletes them, and inserts one stream row per
 -- matching (subscriber, message), in outbox order, so that per partition
 -- stream seq order is commit order. IDs a subscriber handled within its
--- dedup window are dropped; a send to an undeclared queue becomes a dead
+-- dedup window are dropped, and so are second copies of one ID within the
+-- batch (a copy that comes in a later batch while the first is pending is
+-- dropped by the consumer); a send to an undeclared queue becomes a dead
 -- letter ('no-route'). only_id, when set, moves that one row (the relay
 -- uses it to find a row that makes the statement fail).
 -- A function for its SET clauses: the planner prices the routing join by an
@@ -725,6 +775,7 @@ RETURNS TABLE (claimed integer, candidates integer, min_id bigint, max_id bigint
                subscribers text[])
 LANGUAGE plpgsql
 SET jit = off
+SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 SET enable_bitmapscan = off
 AS $$
@@ -771,15 +822,19 @@ BEGIN
     ), delivered AS (
         INSERT INTO postbox.inbox (subscriber, part, message_id, key_hash, topic, type, key, payload,
                                    headers, available_at, created_at)
-        SELECT r.subscriber, (m.key_hash % postbox.order_partitions())::smallint, m.message_id,
-               m.key_hash, m.topic, m.type, m.key, m.payload, m.headers,
-               greatest(coalesce(m.deliver_at, now()), now()), m.created_at
-        FROM routes r
-        JOIN moved m ON m.id = r.id
-        WHERE NOT EXISTS (
-            SELECT 1 FROM postbox.processed pr
-            WHERE pr.subscriber = r.subscriber AND pr.message_id = m.message_id)
-        ORDER BY m.id, r.subscriber
+        SELECT u.subscriber, (u.key_hash % postbox.order_partitions())::smallint, u.message_id,
+               u.key_hash, u.topic, u.type, u.key, u.payload, u.headers,
+               greatest(coalesce(u.deliver_at, now()), now()), u.created_at
+        -- one copy of a message ID per subscriber and batch (a reused
+        -- Message, a producer's retry), the first
+        FROM (SELECT DISTINCT ON (r.subscriber, m.message_id) r.subscriber, m.*
+              FROM routes r
+              JOIN moved m ON m.id = r.id
+              WHERE NOT EXISTS (
+                  SELECT 1 FROM postbox.processed pr
+                  WHERE pr.subscriber = r.subscriber AND pr.message_id = m.message_id)
+              ORDER BY r.subscriber, m.message_id, m.id) u
+        ORDER BY u.id, u.subscriber
         RETURNING postbox.inbox.subscriber
     ), dropped AS (
         INSERT INTO postbox.dead_letters (subscriber, message_id, part, seq, key_hash, topic, type, key,
@@ -799,7 +854,7 @@ BEGIN
            coalesce((SELECT max(m.id) FROM moved m), 0)::bigint,
            coalesce((SELECT sum(octet_length(m.payload)) FROM moved m), 0)::bigint,
            (SELECT count(*) FROM delivered)::integer,
-           -- routed deliveries dropped: the subscriber handled the ID already
+           -- routed deliveries dropped: handled already, or a second copy
            ((SELECT count(*) FROM routes) - (SELECT count(*) FROM delivered))::integer,
            (SELECT count(*) FROM dropped)::integer,
            (SELECT count(*) FROM moved m
@@ -817,6 +872,7 @@ $$;
 CREATE FUNCTION postbox.relay_peek(p_marks bigint[]) RETURNS bigint
 LANGUAGE plpgsql
 SET jit = off
+SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 SET enable_bitmapscan = off
 AS $$
@@ -1240,6 +1296,7 @@ CREATE FUNCTION postbox.sink_claim(p_part integer, p_after_id bigint, p_batch_si
 RETURNS SETOF postbox.outbox
 LANGUAGE plpgsql
 SET jit = off
+SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 SET enable_bitmapscan = off
 AS $$
@@ -1247,10 +1304,12 @@ AS $$
 BEGIN
     WITH later AS (
         DELETE FROM postbox.outbox o
-        USING (SELECT ob.slot, ob.id FROM postbox.outbox ob
-               WHERE ob.key_hash % postbox.order_partitions() = p_part AND ob.id > p_after_id
-                 AND ob.deliver_at > now() + interval '1 second'
-               ORDER BY ob.id LIMIT p_batch_size) z
+        -- only among the rows the claim below would look at
+        USING (SELECT f.slot, f.id
+               FROM (SELECT ob.slot, ob.id, ob.deliver_at FROM postbox.outbox ob
+                     WHERE ob.key_hash % postbox.order_partitions() = p_part AND ob.id > p_after_id
+                     ORDER BY ob.id LIMIT p_batch_size) f
+               WHERE f.deliver_at > now() + interval '1 second') z
         WHERE o.slot = z.slot AND o.id = z.id
         RETURNING o.*)
     INSERT INTO postbox.scheduled (id, message_id, key_hash, is_queue, topic, type, key, payload, headers,
@@ -1314,9 +1373,10 @@ DROP FUNCTION postbox.relay_batch(integer, bigint, bigint[], bigint);
 DROP FUNCTION postbox.finish_batch(text, smallint[], bigint[], bigint[], uuid[], uuid[], uuid[], smallint[],
     bigint[], text[], integer[], bigint[], text[], uuid[], integer[], bigint[], text[], uuid[], boolean[],
     smallint[], bigint[], integer[], text[], boolean, integer);
-DROP FUNCTION postbox.own_partitions(text, smallint[], bigint[]);
+DROP FUNCTION postbox.own_partitions(text, smallint[], bigint[], boolean);
 DROP FUNCTION postbox.claim_batch(text, integer, integer, smallint[], boolean);
 DROP FUNCTION postbox.dead_letter_headers(jsonb, integer, text);
+
 DROP TRIGGER subscribers_cursors ON postbox.subscribers;
 DROP FUNCTION postbox.subscriber_cursors();
 
@@ -1417,7 +1477,8 @@ INSERT INTO postbox.inbox (subscriber, message_id, seq, partition, attempts, rep
                            type, key, payload, headers, available_at, created_at, enqueued_at, last_error,
                            last_error_at, dead_at)
 OVERRIDING SYSTEM VALUE
-SELECT r.subscriber, r.message_id, r.seq, r.key_hash % coalesce(s.partitions, 16), 0, 0, 'pending', r.topic,
+SELECT r.subscriber, r.message_id, r.seq, r.key_hash % coalesce(s.partitions, 16), 0,
+       postbox.replay_count(r.headers), 'pending', r.topic,
        r.type, r.key, r.payload, r.headers, r.available_at, r.created_at, r.enqueued_at, NULL, NULL, NULL
 FROM postbox.inbox_v2 r
 JOIN postbox.inbox_cursors c ON c.subscriber = r.subscriber AND c.part = r.part AND r.seq >= c.next_seq
@@ -1635,6 +1696,7 @@ LANGUAGE sql VOLATILE AS $$
 $$;
 -- +goose StatementEnd
 
+DROP FUNCTION postbox.replay_count(jsonb);
 DROP FUNCTION postbox.inbox_lock_key(text);
 DROP FUNCTION postbox.key_hash(bytea);
 DROP FUNCTION postbox.outbox_slot();

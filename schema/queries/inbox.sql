@@ -1,8 +1,8 @@
 -- name: ClaimBatch :many
 -- Up to batch_size deliveries that may be handled now, from order
--- partitions no other consumer works; see postbox.claim_batch. Runs outside
--- any transaction: it only reads (and its shared partition locks end with
--- the statement), so an empty claim writes nothing.
+-- partitions no other consumer works, which stay locked for this session;
+-- see postbox.claim_batch. Runs outside any transaction and only reads: an
+-- empty claim writes nothing.
 SELECT c.source::text AS source, c.part::smallint AS part, c.next_seq::bigint AS next_seq,
        c.epoch::bigint AS epoch, c.seq::bigint AS seq, c.message_id::uuid AS message_id,
        c.key_hash::integer AS key_hash, c.attempts::integer AS attempts,
@@ -15,8 +15,9 @@ FROM postbox.claim_batch(@subscriber::text, @batch_size::integer, @start::intege
 
 -- name: OwnPartitions :one
 -- In the batch transaction: the claimed partitions this batch may work,
--- locked until it ends; see postbox.own_partitions.
-SELECT postbox.own_partitions(@subscriber::text, @parts::smallint[], @epochs::bigint[])::smallint[] AS parts;
+-- locked until it ends, the claim's session locks let go; see
+-- postbox.own_partitions.
+SELECT postbox.own_partitions(@subscriber::text, @parts::smallint[], @epochs::bigint[], @release::boolean)::smallint[] AS parts;
 
 -- name: FinishBatch :exec
 -- In the batch transaction, after the handlers: records the outcome; see

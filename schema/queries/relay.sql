@@ -43,7 +43,10 @@ SELECT pg_try_advisory_lock(1886352244, @part::integer) AS locked;
 SELECT pg_advisory_unlock(1886352244, @part::integer) AS unlocked;
 
 -- name: DeleteOutbox :execrows
-DELETE FROM postbox.outbox WHERE id = ANY (@ids::bigint[]);
+-- Deletes delivered rows by (slot, id), so each is one probe of its slot.
+DELETE FROM postbox.outbox o
+USING (SELECT unnest(@slots::smallint[]) AS slot, unnest(@ids::bigint[]) AS id) d
+WHERE o.slot = d.slot AND o.id = d.id;
 
 -- name: SinkClaim :many
 -- The Sink path's claim: see postbox.sink_claim.

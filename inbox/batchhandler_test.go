@@ -1,0 +1,259 @@
+package inbox_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/postbox-dev/postbox/dispatcher"
+	"github.com/postbox-dev/postbox/inbox"
+	"github.com/postbox-dev/postbox/internal/pgtest"
+)
+
+// insertEffects writes one effect row per delivery in one statement.
+func insertEffects(ctx context.Context, tx pgx.Tx, batch []*inbox.Delivery) error {
+	ids := make([]uuid.UUID, len(batch))
+	keys := make([]string, len(batch))
+	ns := make([]int32, len(batch))
+	for i, d := range batch {
+		ids[i], keys[i], ns[i] = d.ID, d.Key, int32(payloadN(d))
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO effects (message_id, key, n)
+		SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[])`, ids, keys, ns)
+	return err
+}
+
+// A BatchHandler gets the whole batch in one call. One delivery it reports
+// failed (a *BatchError) is retried, then dead; its effects never commit;
+// the others commit exactly once.
+func TestBatchHandlerFailsOnlyWhatItNames(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const n = 20
+	pool := setup(t, n, n, dispatcher.Options{MaxAttempts: 2, Backoff: dispatcher.Backoff{Initial: time.Millisecond, Max: time.Millisecond}})
+	var calls atomic.Int64
+	h := inbox.BatchHandlerFunc(func(ctx context.Context, tx pgx.Tx, batch []*inbox.Delivery) error {
+		calls.Add(1)
+		if err := insertEffects(ctx, tx, batch); err != nil {
+			return err
+		}
+		var errs inbox.BatchError
+		for _, d := range batch {
+			if payloadN(d) == 7 {
+				errs.Fail(d.ID, errors.New("seven is unlucky"))
+			}
+		}
+		return errs.Err()
+	})
+	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", BatchHandler: h, NoListen: true})
+	waitFor(t, "every delivery handled or dead", func() (bool, error) {
+		if _, err := c.RunOnce(ctx); err != nil {
+			return false, err
+		}
+		return pgtest.Depths(t, ctx, pool, "work").Pending() == 0, nil
+	})
+	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != n-1 {
+		t.Fatalf("effects = %d, want %d", got, n-1)
+	}
+	if got := mustCount(t, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != n-1 {
+		t.Fatalf("distinct effects = %d, want %d", got, n-1)
+	}
+	if got := mustCount(t, pool, `SELECT count(*) FROM effects WHERE n = 7`); got != 0 {
+		t.Fatal("the failed delivery's effects committed")
+	}
+	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.dead_letters WHERE key = 'k7' AND attempts = 2
+		AND last_error = 'seven is unlucky'`); got != 1 {
+		t.Fatal("the failed delivery is not a dead letter after 2 attempts")
+	}
+	if s := c.Stats(); s.Handled != n-1 || s.Failed != 1 || s.Dead != 1 {
+		t.Fatalf("stats = %+v, want %d handled, 1 failed, 1 dead", s, n-1)
+	}
+}
+
+// A BatchHandler that fails as a whole, for one delivery it does not name,
+// is handed halves of the batch until that delivery fails alone: only it is
+// charged an attempt.
+func TestBatchHandlerPlainErrorIsBisected(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const n = 16
+	pool := setup(t, n, n, dispatcher.Options{MaxAttempts: 1})
+	h := inbox.BatchHandlerFunc(func(ctx context.Context, tx pgx.Tx, batch []*inbox.Delivery) error {
+		for _, d := range batch {
+			if payloadN(d) == 11 {
+				return errors.New("the batch contains a bad order")
+			}
+		}
+		return insertEffects(ctx, tx, batch)
+	})
+	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", BatchHandler: h, NoListen: true})
+	if got, err := c.RunOnce(ctx); err != nil || got != n {
+		t.Fatalf("RunOnce = %d, %v; want %d", got, err, n)
+	}
+	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != n-1 {
+		t.Fatalf("effects = %d, want %d", got, n-1)
+	}
+	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.dead_letters WHERE key = 'k11'`); got != 1 {
+		t.Fatal("the bad delivery is not the dead letter")
+	}
+	if s := c.Stats(); s.Handled != n-1 || s.Dead != 1 || s.Failed != 0 {
+		t.Fatalf("stats = %+v, want %d handled and only the bad one dead", s, n-1)
+	}
+}
+
+// A BatchHandler sees a key's deliveries in order, and a failed one's later
+// deliveries are not handed over until it succeeds.
+func TestBatchHandlerKeepsKeyOrder(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const n = 30
+	pool := setup(t, n, 3, dispatcher.Options{Backoff: dispatcher.Backoff{Initial: time.Millisecond, Max: time.Millisecond}})
+	var failedOnce atomic.Bool
+	h := inbox.BatchHandlerFunc(func(ctx context.Context, tx pgx.Tx, batch []*inbox.Delivery) error {
+		last := map[string]int{}
+		var errs inbox.BatchError
+		var ok []*inbox.Delivery
+		for _, d := range batch {
+			if prev, seen := last[d.Key]; seen && prev >= payloadN(d) {
+				return fmt.Errorf("key %s: %d after %d", d.Key, payloadN(d), prev)
+			}
+			last[d.Key] = payloadN(d)
+			if payloadN(d) == 4 && failedOnce.CompareAndSwap(false, true) {
+				errs.Fail(d.ID, errors.New("try again"))
+				continue
+			}
+			ok = append(ok, d)
+		}
+		if err := insertEffects(ctx, tx, ok); err != nil {
+			return err
+		}
+		return errs.Err()
+	})
+	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", BatchHandler: h, NoListen: true, BatchSize: 10})
+	waitFor(t, "every delivery handled", func() (bool, error) {
+		if _, err := c.RunOnce(ctx); err != nil {
+			return false, err
+		}
+		return pgtest.Depths(t, ctx, pool, "work").Pending() == 0, nil
+	})
+	if got := mustCount(t, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != n {
+		t.Fatalf("effects = %d, want %d", got, n)
+	}
+	if got := mustCount(t, pool, `SELECT count(*) FROM (SELECT n, lag(n) OVER (PARTITION BY key ORDER BY at, n) AS prev
+		FROM effects) e WHERE e.prev >= e.n`); got != 0 {
+		t.Fatalf("%d effects out of key order", got)
+	}
+}
+
+// In the optimistic pass no delivery has a savepoint; when one fails, the
+// batch runs again carefully: the failed delivery's effects never commit,
+// every other delivery's commit exactly once, and the failure is charged
+// one attempt.
+func TestFailureInAnOptimisticBatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const n = 10
+	pool := setup(t, n, n, dispatcher.Options{MaxAttempts: 5})
+	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
+		if err := recordEffect(ctx, tx, d); err != nil {
+			return err
+		}
+		if payloadN(d) == 5 {
+			return errors.New("five fails after writing its effect")
+		}
+		return nil
+	})
+	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: h, NoListen: true})
+	if got, err := c.RunOnce(ctx); err != nil || got != n {
+		t.Fatalf("RunOnce = %d, %v; want %d", got, err, n)
+	}
+	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != n-1 {
+		t.Fatalf("effects = %d, want %d", got, n-1)
+	}
+	if got := mustCount(t, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != n-1 {
+		t.Fatalf("distinct effects = %d, want %d", got, n-1)
+	}
+	if got := mustCount(t, pool, `SELECT count(*) FROM effects WHERE n = 5`); got != 0 {
+		t.Fatal("the failed delivery's effect committed")
+	}
+	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.parked WHERE key = 'k5' AND attempts = 1`); got != 1 {
+		t.Fatal("the failed delivery was not charged exactly one attempt")
+	}
+	if s := c.Stats(); s.Handled != n-1 || s.Failed != 1 {
+		t.Fatalf("stats = %+v, want %d handled and 1 failed", s, n-1)
+	}
+}
+
+// The server ending a slow batch's session (idle_in_transaction_session_
+// timeout below a handler's pause) loses that batch: the consumer shrinks
+// its batches until the slow delivery runs alone, and only then charges it
+// an attempt. Nothing loops, and no other delivery is charged anything.
+func TestSessionTimeoutChargesOnlyTheSlowDelivery(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const n = 8
+	pool := setup(t, n, n, dispatcher.Options{MaxAttempts: 2, Backoff: dispatcher.Backoff{Initial: time.Millisecond, Max: time.Millisecond}})
+	exec(t, pool, `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET idle_in_transaction_session_timeout = %L', current_database(), '150ms'); END $$`)
+	// A new pool, so its sessions start with the database's setting.
+	slow := pgtest.Connect(t, pool, 8)
+	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
+		if err := recordEffect(ctx, tx, d); err != nil {
+			return err
+		}
+		if payloadN(d) == 3 {
+			select { // idle in transaction past the server's timeout
+			case <-time.After(400 * time.Millisecond):
+			case <-ctx.Done():
+			}
+		}
+		return nil
+	})
+	c := newConsumer(t, slow, inbox.Config{Subscriber: "work", Handler: h, NoListen: true, HandlerTimeout: 5 * time.Second})
+	runUntil(t, c, 40, func() bool { return pgtest.Depths(t, ctx, pool, "work").Pending() == 0 })
+	if got := mustCount(t, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != n-1 {
+		t.Fatalf("effects = %d, want the %d other deliveries", got, n-1)
+	}
+	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.dead_letters WHERE key = 'k3' AND attempts = 2`); got != 1 {
+		t.Fatal("the slow delivery is not dead after its 2 attempts")
+	}
+	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.dead_letters`); got != 1 {
+		t.Fatalf("dead letters = %d, want only the slow one", got)
+	}
+	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.parked`); got != 0 {
+		t.Fatalf("parked = %d, want none: no other delivery charged", got)
+	}
+}
+
+// The budget stops a batch from starting handlers once it has run that
+// long; what it handled commits, the rest waits for the next batch.
+func TestBatchBudgetCommitsWhatFinished(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const n = 10
+	pool := setup(t, n, n, dispatcher.Options{})
+	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
+		time.Sleep(30 * time.Millisecond) // a slow handler; the budget is what is tested
+		return recordEffect(ctx, tx, d)
+	})
+	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: h, NoListen: true, BatchBudget: 50 * time.Millisecond})
+	if _, err := c.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := mustCount(t, pool, `SELECT count(*) FROM effects`)
+	if got < 1 || got >= n {
+		t.Fatalf("first batch handled %d, want at least 1 and fewer than %d (the budget stopped it)", got, n)
+	}
+	if d := pgtest.Depths(t, ctx, pool, "work"); d.Pending() != n-got {
+		t.Fatalf("depths = %+v, want the %d not reached still pending", d, n-got)
+	}
+	runUntilEmpty(t, pool, c, "work")
+	if got := mustCount(t, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != n {
+		t.Fatalf("effects = %d, want %d", got, n)
+	}
+}
