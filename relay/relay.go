@@ -46,6 +46,23 @@ type Config struct {
 	SinkTimeout time.Duration
 	// Logger receives errors and lifecycle events. Default: silent.
 	Logger *slog.Logger
+	// OnBatch, if set, is called after each statement that moved messages
+	// committed (and after each Sink batch), with what it did. It runs on
+	// the relay's goroutine: keep it short. Observers (contrib/otel) hook
+	// in here.
+	OnBatch func(BatchInfo)
+}
+
+// BatchInfo is what a committed relay batch did, for Config.OnBatch.
+type BatchInfo struct {
+	Result
+	// Subscribers got deliveries (empty for a Sink batch).
+	Subscribers []string
+	// Traceparents are the W3C traceparent headers of moved messages that
+	// carry one, at most 128 (a Sink batch: all of them).
+	Traceparents []string
+	// Duration is the statement's (or the Sink delivery's) time.
+	Duration time.Duration
 }
 
 // Default settings.
@@ -250,6 +267,7 @@ func (r *Relay) count(res Result) {
 func (r *Relay) batch(ctx context.Context) (Result, error) {
 	marks := r.marks.forStatement(&r.sweepAt)
 	params := db.RelayBatchParams{BatchSize: int32(r.size), MaxBytes: r.cfg.MaxBatchBytes, Marks: marks[:]}
+	started := time.Now()
 	hz, row, err := r.horizon.withBatch(ctx, r.pool, params)
 	if err != nil {
 		return r.failed(ctx, marks, err)
@@ -262,6 +280,10 @@ func (r *Relay) batch(ctx context.Context) (Result, error) {
 		NoRoute: int(row.NoRoute), Unrouted: int(row.Unrouted), More: full}
 	r.marks.advance(row.Parts, hz, full, row.MaxID)
 	r.wake(ctx, row.Subscribers)
+	if r.cfg.OnBatch != nil && res.Claimed > 0 {
+		r.cfg.OnBatch(BatchInfo{Result: res, Subscribers: row.Subscribers, Traceparents: row.Traceparents,
+			Duration: time.Since(started)})
+	}
 	return res, nil
 }
 

@@ -94,7 +94,9 @@ func (r *Relay) sinkPartition(ctx context.Context, q *db.Queries, part int) (Res
 		ids[i], slots[i] = row.ID, row.Slot
 	}
 	dctx, cancel := context.WithTimeout(ctx, r.cfg.SinkTimeout)
+	started := time.Now()
 	err = r.cfg.Sink.Deliver(dctx, batch)
+	took := time.Since(started)
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -109,7 +111,17 @@ func (r *Relay) sinkPartition(ctx context.Context, q *db.Queries, part int) (Res
 		return Result{}, fmt.Errorf("relay: sink: delete %d delivered messages: %w", len(ids), err)
 	}
 	r.marks.advance([]int16{int16(part)}, cleared, full, ids[len(ids)-1])
-	return Result{Claimed: len(rows), Delivered: len(rows), More: full}, nil
+	res := Result{Claimed: len(rows), Delivered: len(rows), More: full}
+	if r.cfg.OnBatch != nil {
+		var tps []string
+		for _, e := range batch {
+			if tp := e.Headers[postbox.HeaderTraceParent]; tp != "" {
+				tps = append(tps, tp)
+			}
+		}
+		r.cfg.OnBatch(BatchInfo{Result: res, Traceparents: tps, Duration: took})
+	}
+	return res, nil
 }
 
 // sinkFailed handles a Deliver error: a batch that keeps failing is tried

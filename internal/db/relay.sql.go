@@ -84,7 +84,8 @@ SELECT r.claimed::integer AS claimed, r.candidates::integer AS candidates, r.min
        r.max_id::bigint AS max_id,
        r.bytes::bigint AS bytes, r.delivered::integer AS delivered, r.duplicates::integer AS duplicates,
        r.no_route::integer AS no_route, r.unrouted::integer AS unrouted,
-       r.parts::smallint[] AS parts, r.subscribers::text[] AS subscribers
+       r.parts::smallint[] AS parts, r.subscribers::text[] AS subscribers,
+       r.traceparents::text[] AS traceparents
 FROM postbox.relay_batch($1::integer, $2::bigint, $3::bigint[],
                          $4::bigint) r
 `
@@ -97,17 +98,18 @@ type RelayBatchParams struct {
 }
 
 type RelayBatchRow struct {
-	Claimed     int32
-	Candidates  int32
-	MinID       int64
-	MaxID       int64
-	Bytes       int64
-	Delivered   int32
-	Duplicates  int32
-	NoRoute     int32
-	Unrouted    int32
-	Parts       []int16
-	Subscribers []string
+	Claimed      int32
+	Candidates   int32
+	MinID        int64
+	MaxID        int64
+	Bytes        int64
+	Delivered    int32
+	Duplicates   int32
+	NoRoute      int32
+	Unrouted     int32
+	Parts        []int16
+	Subscribers  []string
+	Traceparents []string
 }
 
 // Moves one batch from the outbox into the inbox stream; see
@@ -132,6 +134,7 @@ func (q *Queries) RelayBatch(ctx context.Context, arg RelayBatchParams) (RelayBa
 		&i.Unrouted,
 		&i.Parts,
 		&i.Subscribers,
+		&i.Traceparents,
 	)
 	return i, err
 }

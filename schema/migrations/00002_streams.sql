@@ -772,7 +772,7 @@ CREATE FUNCTION postbox.relay_batch(p_batch_size integer, p_max_bytes bigint, p_
                                     p_only_id bigint DEFAULT NULL)
 RETURNS TABLE (claimed integer, candidates integer, min_id bigint, max_id bigint, bytes bigint, delivered integer,
                duplicates integer, no_route integer, unrouted integer, parts smallint[],
-               subscribers text[])
+               subscribers text[], traceparents text[])
 LANGUAGE plpgsql
 SET jit = off
 SET plan_cache_mode = force_generic_plan
@@ -860,7 +860,12 @@ BEGIN
            (SELECT count(*) FROM moved m
              WHERE NOT m.is_queue AND NOT EXISTS (SELECT 1 FROM routes r WHERE r.id = m.id))::integer,
            (SELECT coalesce(array_agg(lp.part ORDER BY lp.part), '{}') FROM lp),
-           (SELECT coalesce(array_agg(DISTINCT d.subscriber), '{}') FROM delivered d);
+           (SELECT coalesce(array_agg(DISTINCT d.subscriber), '{}') FROM delivered d),
+           -- for observers (relay.Config.OnBatch): the moved messages' trace
+           -- contexts, at most 128
+           (SELECT coalesce(array_agg(t.tp), '{}')
+            FROM (SELECT m.headers->>'traceparent' AS tp FROM moved m
+                  WHERE m.headers ? 'traceparent' LIMIT 128) t);
 END
 $$;
 -- +goose StatementEnd

@@ -5,7 +5,8 @@ SELECT r.claimed::integer AS claimed, r.candidates::integer AS candidates, r.min
        r.max_id::bigint AS max_id,
        r.bytes::bigint AS bytes, r.delivered::integer AS delivered, r.duplicates::integer AS duplicates,
        r.no_route::integer AS no_route, r.unrouted::integer AS unrouted,
-       r.parts::smallint[] AS parts, r.subscribers::text[] AS subscribers
+       r.parts::smallint[] AS parts, r.subscribers::text[] AS subscribers,
+       r.traceparents::text[] AS traceparents
 FROM postbox.relay_batch(@batch_size::integer, @max_bytes::bigint, @marks::bigint[],
                          sqlc.narg(only_id)::bigint) r;
 
