@@ -747,6 +747,25 @@ $$;
 -- +goose StatementEnd
 
 ------------------------------------------------------------------------------
+-- Content-based routing rules. A message sent point-to-point (outbox.Send)
+-- to a router's name goes to exactly one queue: the first rule, by
+-- position, whose conditions it meets (type_name: exactly this type;
+-- predicate: a SQL/JSON path over the payload, as subscription filters);
+-- a rule without conditions is the default route. No rule matching, or the
+-- chosen queue not declared, makes it a no-route dead letter of the
+-- router. Evaluated inside the relay statement: payloads never travel
+-- through Go.
+CREATE TABLE postbox.routes (
+    router     text        NOT NULL,
+    position   integer     NOT NULL,
+    queue      text        NOT NULL,
+    type_name  text,
+    predicate  jsonpath,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT routes_pkey PRIMARY KEY (router, position)
+);
+
+------------------------------------------------------------------------------
 -- Relaying.
 
 -- Moves up to batch_size outbox rows, and at most max_bytes of payload
@@ -762,7 +781,8 @@ $$;
 -- dedup window are dropped, and so are second copies of one ID within the
 -- batch (a copy that comes in a later batch while the first is pending is
 -- dropped by the consumer); a send to an undeclared queue becomes a dead
--- letter ('no-route'). only_id, when set, moves that one row (the relay
+-- letter ('no-route'), and a send to a router goes to the queue its first
+-- matching rule names (postbox.routes). only_id, when set, moves that one row (the relay
 -- uses it to find a row that makes the statement fail).
 -- A function for its SET clauses: the planner prices the routing join by an
 -- unanalyzed subscriptions table and JIT-compiled batches of a few thousand
@@ -819,6 +839,18 @@ BEGIN
         SELECT m.id, q.name
         FROM moved m
         JOIN postbox.subscribers q ON m.is_queue AND q.kind = 'queue' AND q.name = m.topic
+        UNION ALL
+        -- a send to a router: the first matching rule's queue
+        SELECT m.id, q.name
+        FROM moved m
+        CROSS JOIN LATERAL (
+            SELECT rr.queue FROM postbox.routes rr
+            WHERE m.is_queue AND rr.router = m.topic
+              AND (rr.type_name IS NULL OR rr.type_name = m.type)
+              AND (rr.predicate IS NULL OR postbox.payload_matches(m.payload, rr.predicate))
+            ORDER BY rr.position
+            LIMIT 1) pick
+        JOIN postbox.subscribers q ON q.kind = 'queue' AND q.name = pick.queue
     ), delivered AS (
         INSERT INTO postbox.inbox (subscriber, part, message_id, key_hash, topic, type, key, payload,
                                    headers, available_at, created_at)
@@ -1360,6 +1392,7 @@ END
 $$;
 -- +goose StatementEnd
 -- +goose Down
+DROP TABLE postbox.routes;
 DROP FUNCTION postbox.release_scheduled(integer);
 DROP FUNCTION postbox.sink_claim(integer, bigint, integer);
 
