@@ -46,9 +46,11 @@ import (
 //     subscriber closes, which holds.)
 //   - RequireSingleInstance: not required; any number of Publishers and
 //     Subscribers, in any processes, share the database.
-//   - RestartServiceCommand: empty, so TestReconnect is skipped. Restarting
-//     the PostgreSQL server here would break every other package testing
-//     against it at the same time in CI.
+//   - RestartServiceCommand: empty here, so the suite skips TestReconnect
+//     in this run: restarting the shared PostgreSQL server would break
+//     every other package testing against it at the same time in CI.
+//     TestReconnect (reconnect_test.go) runs the suite's TestReconnect on
+//     a private server that it restarts twice.
 //   - ForceShort: not set; the suite runs in full mode unless -short is
 //     given.
 var suiteFeatures = tests.Features{
