@@ -49,8 +49,9 @@ import (
 //   - RestartServiceCommand: empty here, so the suite skips TestReconnect
 //     in this run: restarting the shared PostgreSQL server would break
 //     every other package testing against it at the same time in CI.
-//     TestReconnect (reconnect_test.go) runs the suite's TestReconnect on
-//     a private server that it restarts twice.
+//     TestReconnect (reconnect_test.go) runs the suite's TestReconnect,
+//     ported (the suite's version has a data race of its own under -race),
+//     on a private server that it restarts twice.
 //   - ForceShort: not set; the suite runs in full mode unless -short is
 //     given.
 var suiteFeatures = tests.Features{
