@@ -79,7 +79,7 @@ var suiteOptions = dispatcher.Options{
 // once, and each LISTEN connection would count against the server's
 // max_connections beside every other package's tests.
 func TestPubSub(t *testing.T) {
-	b := setup(t, 16, 24)
+	b := setup(t, 8, 16)
 	start := time.Now()
 	t.Cleanup(func() { t.Logf("TestPubSub took %s (short mode: %v)", time.Since(start), testing.Short()) })
 	group := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
