@@ -51,6 +51,8 @@ var workloads = []workload{
 	{"fanout", "N messages on one topic with S subscribers, until all N×S effects are committed", fanoutFlags},
 	{"latency", "open-loop sends at R/s; publish commit to handler start, p50 and p99", latencyFlags},
 	{"backlog", "drain rate of fresh messages while N older ones wait in the same inbox", backlogFlags},
+	{"idle", "S queues with P consumers each and a relay, no messages: statements, transactions, WAL and CPU a second", idleFlags},
+	{"trickle", "R messages a second to one queue with P consumers: statements and CPU per handled message", trickleFlags},
 }
 
 // Run executes one benchmark workload. args are the command-line arguments

@@ -27,6 +27,16 @@ var effectHandler = inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *in
 	return insertEffect(ctx, tx, d.Subscriber, d.ID.String())
 })
 
+// effectBatchHandler writes the effect rows of a whole batch in one INSERT.
+var effectBatchHandler = inbox.BatchHandlerFunc(func(ctx context.Context, tx pgx.Tx, batch []*inbox.Delivery) error {
+	ids := make([]string, len(batch))
+	for i, d := range batch {
+		ids[i] = d.ID.String()
+	}
+	_, err := tx.Exec(ctx, sqlInsertEffects, batch[0].Subscriber, ids)
+	return err
+})
+
 // preload writes n messages through the outbox, batch per transaction
 // (outbox.SendBatch to a queue, or outbox.PublishBatch to a topic). Setup,
 // not timed.
@@ -61,6 +71,11 @@ type drainSetup struct {
 	consumers   int // Consumer instances per subscriber, library defaults each
 	want        int64
 	timeout     time.Duration
+	// batchHandler: an inbox.BatchHandler writing a batch's effects in one
+	// INSERT, instead of effectHandler.
+	batchHandler bool
+	// skipHandled: effect rows already there (a warm-up drain), not timed
+	skipHandled int64
 }
 
 // consumeAll starts one relay and the consumers, all with the library's
@@ -75,7 +90,11 @@ func consumeAll(ctx context.Context, e *env, db *pgxpool.Pool, s drainSetup) (ti
 	var cs []*inbox.Consumer
 	for _, sub := range s.subscribers {
 		for range s.consumers {
-			c, err := inbox.NewConsumer(db, inbox.Config{Subscriber: sub, Handler: effectHandler})
+			cfg := inbox.Config{Subscriber: sub, Handler: effectHandler}
+			if s.batchHandler {
+				cfg = inbox.Config{Subscriber: sub, BatchHandler: effectBatchHandler}
+			}
+			c, err := inbox.NewConsumer(db, cfg)
 			if err != nil {
 				return 0, err
 			}
@@ -101,7 +120,7 @@ func consumeAll(ctx context.Context, e *env, db *pgxpool.Pool, s drainSetup) (ti
 		rs := r.Stats()
 		e.logf("  relayed %d, handled %d/%d (%.0f/s)", rs.Claimed, handled(), s.want, float64(handled())/time.Since(start).Seconds())
 	})
-	elapsed, err := waitFor(ctx, s.timeout, func() bool { return handled() >= s.want })
+	elapsed, err := waitFor(ctx, s.timeout, func() bool { return handled() >= s.want-s.skipHandled })
 	stopProgress()
 	stopRun()
 	wg.Wait()
@@ -141,34 +160,96 @@ func waitFor(ctx context.Context, timeout time.Duration, done func() bool) (time
 
 func drainFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 	n := fs.Int("n", 100000, "messages preloaded into the queue")
-	consumers := fs.Int("consumers", 1, "inbox.Consumer instances, each with the default Config (4 workers, batches of 50)")
+	consumers := fs.Int("consumers", 1, "inbox.Consumer instances, each with the default Config")
 	keys := fs.Int("keys", 0, "distinct message keys (0: messages have no key, so no per-key order applies)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long")
+	warm := fs.Bool("warm", false, "drain the same number of messages once, untimed, before the timed drain, with no reset in between (warm caches and statistics)")
+	batchHandler := fs.Bool("batch-handler", false, "handle with an inbox.BatchHandler that writes all effect rows of a batch in one INSERT (instead of a Handler writing one row per delivery)")
+	pin := fs.Bool("pin", false, "hold a REPEATABLE READ transaction with a transaction ID open, in another database of the cluster, for the whole timed drain (it keeps vacuum from removing deleted rows)")
+	var cmp compareFlags
+	cmp.register(fs)
 	return func(ctx context.Context, e *env) (result, error) {
 		if *n < 1 || *consumers < 1 {
 			return result{}, errors.New("--n and --consumers must be at least 1")
 		}
-		db, err := e.pool(ctx, 2+*consumers*connsPerConsumer)
+		variants, err := cmp.variants()
 		if err != nil {
 			return result{}, err
 		}
-		if err := e.reset(ctx, db); err != nil {
-			return result{}, err
-		}
-		const queue = "bench-drain"
-		if err := dispatcher.DeclareQueue(ctx, db, queue, dispatcher.Options{}); err != nil {
-			return result{}, err
-		}
-		if err := preload(ctx, e, db, queue, true, 0, *n, *keys); err != nil {
-			return result{}, err
-		}
-		elapsed, err := consumeAll(ctx, e, db, drainSetup{
-			subscribers: []string{queue}, consumers: *consumers, want: int64(*n), timeout: *timeout})
+		db, err := e.pool(ctx, 2+*consumers*connsPerConsumer+rawWorkers)
 		if err != nil {
 			return result{}, err
 		}
-		return result{msgs: *n, seconds: elapsed.Seconds()}, nil
+		run := func(ctx context.Context, variant string, n int) (sample, error) {
+			if variant == variantRaw {
+				return rawDrain(ctx, e, db, n, *keys, *pin, *timeout)
+			}
+			return drain(ctx, e, db, drainOptions{n: n, consumers: *consumers, keys: *keys, warm: *warm,
+				batchHandler: *batchHandler, pin: *pin, timeout: *timeout})
+		}
+		if len(variants) == 1 {
+			if err := e.reset(ctx, db); err != nil {
+				return result{}, err
+			}
+			s, err := run(ctx, variantPostbox, *n)
+			if err != nil {
+				return result{}, err
+			}
+			return result{msgs: *n, seconds: s.seconds}, nil
+		}
+		best, err := interleave(ctx, e, db, variants, cmp.rounds, *n, min(*n/10+1, 5000), run)
+		if err != nil {
+			return result{}, err
+		}
+		return compareResult(*n, best), nil
 	}
+}
+
+// drainOptions are one postbox drain run's.
+type drainOptions struct {
+	n, consumers, keys int
+	warm, batchHandler  bool
+	pin                 bool
+	timeout             time.Duration
+}
+
+// drain declares the queue, preloads o.n messages and times their drain
+// through one relay and o.consumers consumers, all with the library's
+// defaults. The tables must be fresh (reset) before.
+func drain(ctx context.Context, e *env, db *pgxpool.Pool, o drainOptions) (sample, error) {
+	const queue = "bench-drain"
+	if err := dispatcher.DeclareQueue(ctx, db, queue, dispatcher.Options{}); err != nil {
+		return sample{}, err
+	}
+	setup := drainSetup{subscribers: []string{queue}, consumers: o.consumers, want: int64(o.n),
+		timeout: o.timeout, batchHandler: o.batchHandler}
+	first := 0
+	if o.warm {
+		if err := preload(ctx, e, db, queue, true, 0, o.n, o.keys); err != nil {
+			return sample{}, err
+		}
+		if _, err := consumeAll(ctx, e, db, setup); err != nil {
+			return sample{}, fmt.Errorf("warm-up drain: %w", err)
+		}
+		first = o.n
+		setup.want = int64(2 * o.n)
+		setup.skipHandled = int64(o.n)
+	}
+	if err := preload(ctx, e, db, queue, true, first, o.n, o.keys); err != nil {
+		return sample{}, err
+	}
+	if o.pin {
+		stop, err := pinHorizon(ctx, e)
+		if err != nil {
+			return sample{}, err
+		}
+		defer stop()
+	}
+	elapsed, err := consumeAll(ctx, e, db, setup)
+	if err != nil {
+		return sample{}, err
+	}
+	return sample{seconds: elapsed.Seconds()}, nil
 }
 
 func fanoutFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {

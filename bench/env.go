@@ -38,6 +38,7 @@ type env struct {
 	stderr   io.Writer
 	progress time.Duration
 	pools    []*pgxpool.Pool
+	tracer   *statementCounter // set while tracedPool opens a pool
 }
 
 // open checks the database, migrates it and creates the bench tables.
@@ -63,7 +64,7 @@ func open(ctx context.Context, c common, stderr io.Writer) (*env, error) {
 		e.close()
 		return nil, fmt.Errorf("migrate: %w", err)
 	}
-	if _, err := pool.Exec(ctx, sqlSetup); err != nil {
+	if _, err := pool.Exec(ctx, sqlSetup+";"+sqlSetupRaw); err != nil {
 		e.close()
 		return nil, fmt.Errorf("create bench tables: %w", err)
 	}
@@ -79,6 +80,9 @@ func (e *env) pool(ctx context.Context, maxConns int) (*pgxpool.Pool, error) {
 	}
 	cfg.MaxConns = int32(maxConns)
 	cfg.MinConns = int32(maxConns)
+	if e.tracer != nil {
+		cfg.ConnConfig.Tracer = e.tracer
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open pool: %w", err)

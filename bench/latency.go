@@ -24,6 +24,8 @@ func latencyFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 	publishers := fs.Int("publishers", 16, "connections that publish; the schedule never waits for them (open loop)")
 	keys := fs.Int("keys", 0, "distinct message keys (0: messages have no key)")
 	timeout := fs.Duration("timeout", time.Minute, "how long to wait, after publishing, for the last handler to start")
+	pinAt := fs.Duration("pin-at", 0, "hold a transaction that pins the xmin horizon (as drain --pin does) from this long into the timed phase...")
+	pinFor := fs.Duration("pin-for", 0, "...for this long (0: no pin); p99 before, during and after the pin, and the queue tables' sizes, are reported")
 	breakdown := fs.Bool("breakdown", false, "also split the latency at the relay (one more query per message, in the handler): commit to relay transaction start, and from there to handler start; printed on stderr")
 	return func(ctx context.Context, e *env) (result, error) {
 		if *rate < 1 || *duration <= 0 || *publishers < 1 {
@@ -141,6 +143,11 @@ func latencyFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 		if _, err := publish(0, warm); err != nil {
 			return result{}, fmt.Errorf("warm-up: %w", err)
 		}
+		var pin pinWindow
+		if *pinFor > 0 {
+			stopPin := pin.schedule(ctx, e, db, *pinAt, *pinFor)
+			defer stopPin()
+		}
 		elapsed, err := publish(warm, total)
 		if err != nil {
 			return result{}, err
@@ -179,6 +186,13 @@ func latencyFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 		}
 		res := result{msgs: total, seconds: elapsed.Seconds(), hasLatency: true}
 		res.p50, res.p99 = percentiles(lats)
+		if *pinFor > 0 {
+			extra, err := pin.report(ctx, db, lats, commitAt[warm:warm+total])
+			if err != nil {
+				return result{}, err
+			}
+			res.extra = extra
+		}
 		s := slices.Clone(lats)
 		slices.Sort(s)
 		e.logf("latency: p50 %.2fms p90 %.2fms p99 %.2fms p99.9 %.2fms max %.2fms", ms(percentile(s, 50)),

@@ -20,6 +20,8 @@ type result struct {
 	p50, p99   time.Duration
 	// baseline rate measured in the same run, when asked for
 	baseline float64
+	// extra are further key=value figures of the workload, in order
+	extra []string
 }
 
 func (r result) rate() float64 {
@@ -37,6 +39,9 @@ func (r result) String() string {
 	}
 	if r.baseline > 0 {
 		s += fmt.Sprintf(" baseline_rate=%.1f ratio=%.3f", r.baseline, r.rate()/r.baseline)
+	}
+	for _, x := range r.extra {
+		s += " " + x
 	}
 	return s
 }

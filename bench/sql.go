@@ -35,7 +35,49 @@ CREATE TABLE IF NOT EXISTS postbox_bench.effects (
     handled_at timestamptz NOT NULL DEFAULT now()
 );`
 
-const sqlReset = `TRUNCATE postbox_bench.orders, postbox_bench.raw_outbox, postbox_bench.effects RESTART IDENTITY`
+// The raw drain pipeline's tables: what a hand-written queue would be, with
+// the postbox drain's shape (an inbox table claimed with SKIP LOCKED, a
+// processed table that remembers handled IDs).
+const sqlSetupRaw = `
+CREATE TABLE IF NOT EXISTS postbox_bench.raw_inbox (
+    id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subscriber text        NOT NULL,
+    message_id uuid        NOT NULL,
+    key        text,
+    payload    bytea       NOT NULL,
+    headers    jsonb,
+    created_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS postbox_bench.raw_processed (
+    subscriber   text        NOT NULL,
+    message_id   uuid        NOT NULL,
+    processed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (subscriber, message_id)
+);`
+
+const sqlReset = `TRUNCATE postbox_bench.orders, postbox_bench.raw_outbox, postbox_bench.effects,
+    postbox_bench.raw_inbox, postbox_bench.raw_processed RESTART IDENTITY`
+
+// sqlRawRelay moves up to $1 raw outbox rows into the raw inbox in one
+// statement, as the postbox relay does.
+const sqlRawRelay = `
+WITH moved AS (
+    DELETE FROM postbox_bench.raw_outbox o
+    WHERE o.id IN (SELECT id FROM postbox_bench.raw_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+    RETURNING o.*)
+INSERT INTO postbox_bench.raw_inbox (subscriber, message_id, key, payload, headers, created_at)
+SELECT m.topic, m.message_id, m.key, m.payload, m.headers, m.created_at FROM moved m ORDER BY m.id`
+
+// sqlRawClaim locks up to $1 raw deliveries.
+const sqlRawClaim = `SELECT id, message_id FROM postbox_bench.raw_inbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`
+
+// sqlRawFinish deletes handled raw deliveries and remembers their IDs.
+const sqlRawFinish = `
+WITH done AS (DELETE FROM postbox_bench.raw_inbox WHERE id = ANY ($1::bigint[]) RETURNING subscriber, message_id)
+INSERT INTO postbox_bench.raw_processed (subscriber, message_id) SELECT subscriber, message_id FROM done`
+
+// sqlInsertEffects writes one effect row per message ID, in one statement.
+const sqlInsertEffects = `INSERT INTO postbox_bench.effects (subscriber, message_id) SELECT $1, unnest($2::text[])`
 
 const sqlInsertOrder = `INSERT INTO postbox_bench.orders (customer, amount_cents) VALUES ($1, $2)`
 

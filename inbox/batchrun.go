@@ -29,10 +29,89 @@ func (b *batch) runBatchHandler(ctx, bctx context.Context, tx pgx.Tx) error {
 		}
 		todo = append(todo, e)
 	}
-	return b.bisect(ctx, bctx, tx, todo)
+	if len(todo) == 0 || b.expired(ctx) {
+		return nil
+	}
+	// Optimistically first: the whole batch in one call, no savepoint of
+	// its own (the batch savepoint is there to roll back to).
+	timedOut, err := b.c.callBatch(bctx, tx, todo)
+	if lost := b.checkBatch(tx, todo, timedOut, &err); lost != nil {
+		return lost
+	}
+	if err == nil {
+		for _, e := range todo {
+			e.out = outHandled
+		}
+		return nil
+	}
+	if _, rerr := tx.Exec(bctx, "ROLLBACK TO SAVEPOINT "+batchSavepoint); rerr != nil {
+		return &lostError{err: fmt.Errorf("inbox: rollback to the batch savepoint after a batch handler failed (%v): %w", err, rerr),
+			attempted: b.attempted() + len(todo)}
+	}
+	if rest := b.named(todo, err); len(rest) < len(todo) {
+		return b.bisect(ctx, bctx, tx, rest) // the others again
+	}
+	return b.split(ctx, bctx, tx, todo, err)
 }
 
-// partSavepoint wraps one BatchHandler call.
+// split handles a batch that failed as a whole: alone, the delivery is
+// charged the failure; otherwise each half is handed over on its own.
+func (b *batch) split(ctx, bctx context.Context, tx pgx.Tx, todo []*entry, err error) error {
+	if len(todo) == 1 {
+		b.failed(todo[0], err)
+		return nil
+	}
+	half := len(todo) / 2
+	if err := b.bisect(ctx, bctx, tx, todo[:half]); err != nil {
+		return err
+	}
+	return b.bisect(ctx, bctx, tx, todo[half:])
+}
+
+// checkBatch looks at the connection after a BatchHandler call, as check
+// does after a Handler's: a connection gone or busy loses the batch (the
+// handler is the culprit only when it had a single delivery), and nil over
+// an aborted transaction becomes a failure of the call.
+func (b *batch) checkBatch(tx pgx.Tx, todo []*entry, timedOut bool, err *error) *lostError {
+	pg := tx.Conn().PgConn()
+	if pg.IsClosed() || pg.IsBusy() {
+		lost := &lostError{err: fmt.Errorf("inbox: the connection is unusable after a batch handler: %v", *err),
+			attempted: b.attempted() + len(todo)}
+		if len(todo) == 1 && (timedOut || !pg.IsClosed()) {
+			cause := *err
+			if cause == nil {
+				cause = errors.New("batch handler returned nil but left the connection unusable")
+			}
+			lost.culprit = todo[0]
+			todo[0].out, todo[0].fail = outFailed, b.classify(todo[0], cause)
+		}
+		return lost
+	}
+	if *err == nil && pg.TxStatus() == 'E' {
+		*err = errors.New("batch handler returned nil but left the transaction aborted")
+	}
+	return nil
+}
+
+// named records the failures a *BatchError names among todo and returns
+// the others (all of todo when err names none of them).
+func (b *batch) named(todo []*entry, err error) []*entry {
+	var be *BatchError
+	if !errors.As(err, &be) || len(be.Failed) == 0 {
+		return todo
+	}
+	rest := todo[:0:0]
+	for _, e := range todo {
+		if ferr, ok := be.Failed[e.d.ID]; ok && ferr != nil {
+			b.failed(e, ferr)
+			continue
+		}
+		rest = append(rest, e)
+	}
+	return rest
+}
+
+// partSavepoint wraps one BatchHandler call after the first failed.
 const partSavepoint = "postbox_part"
 
 func (b *batch) bisect(ctx, bctx context.Context, tx pgx.Tx, todo []*entry) error {
@@ -54,19 +133,8 @@ func (b *batch) bisect(ctx, bctx context.Context, tx pgx.Tx, todo []*entry) erro
 			return &lostError{err: fmt.Errorf("inbox: savepoint: %w", err), attempted: b.attempted()}
 		}
 		timedOut, err := b.c.callBatch(bctx, tx, todo)
-		if pg := tx.Conn().PgConn(); pg.IsClosed() || pg.IsBusy() {
-			lost := &lostError{err: fmt.Errorf("inbox: the connection is unusable after a batch handler: %v", err),
-				attempted: b.attempted() + len(todo)}
-			if len(todo) == 1 && (timedOut || !pg.IsClosed()) {
-				if err == nil {
-					err = errors.New("batch handler returned nil but left the connection unusable")
-				}
-				lost.culprit = todo[0]
-				todo[0].out, todo[0].fail = outFailed, b.classify(todo[0], err)
-			}
+		if lost := b.checkBatch(tx, todo, timedOut, &err); lost != nil {
 			return lost
-		} else if err == nil && pg.TxStatus() == 'E' {
-			err = errors.New("batch handler returned nil but left the transaction aborted")
 		}
 		if err == nil {
 			if _, err := tx.Exec(bctx, "RELEASE SAVEPOINT "+partSavepoint); err != nil {
@@ -81,33 +149,11 @@ func (b *batch) bisect(ctx, bctx context.Context, tx pgx.Tx, todo []*entry) erro
 			return &lostError{err: fmt.Errorf("inbox: rollback to savepoint after a batch handler failed (%v): %w", err, rerr),
 				attempted: b.attempted() + len(todo)}
 		}
-		var be *BatchError
-		if errors.As(err, &be) && len(be.Failed) > 0 {
-			named := 0
-			rest := todo[:0:0]
-			for _, e := range todo {
-				if ferr, ok := be.Failed[e.d.ID]; ok && ferr != nil {
-					b.failed(e, ferr)
-					named++
-					continue
-				}
-				rest = append(rest, e)
-			}
-			if named > 0 {
-				todo = rest
-				continue // the others again
-			}
-			// It named none of these: as a failure of the whole call.
+		if rest := b.named(todo, err); len(rest) < len(todo) {
+			todo = rest
+			continue // the others again
 		}
-		if len(todo) == 1 {
-			b.failed(todo[0], err)
-			return nil
-		}
-		half := len(todo) / 2
-		if err := b.bisect(ctx, bctx, tx, todo[:half]); err != nil {
-			return err
-		}
-		todo = todo[half:]
+		return b.split(ctx, bctx, tx, todo, err)
 	}
 	return nil
 }

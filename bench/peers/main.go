@@ -51,6 +51,8 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivermigrate"
+
+	"github.com/postbox-dev/postbox/internal/benchkit"
 )
 
 func main() {
@@ -659,6 +661,7 @@ func drainFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 	complete := completeFlag(fs)
 	maxWorkers := workersFlag(fs)
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long")
+	pin := fs.Bool("pin", false, "hold a REPEATABLE READ transaction with a transaction ID open, in another database of the cluster, for the whole timed drain (as postbox bench drain --pin)")
 	return func(ctx context.Context, e *env) (result, error) {
 		if *n < 1 || *maxConns < 2 {
 			return result{}, errors.New("--n must be at least 1, --max-conns at least 2")
@@ -693,6 +696,13 @@ func drainFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 			return result{}, err
 		}
 		w := &effectWorker{pool: db, tx: *complete == "tx", maxWorkers: *maxWorkers}
+		if *pin {
+			stop, err := benchkit.PinHorizon(ctx, e.url, e.logf)
+			if err != nil {
+				return result{}, err
+			}
+			defer stop()
+		}
 		elapsed, err := work(ctx, e, db, w, int64(*n), *timeout, nil)
 		if err != nil {
 			return result{}, err

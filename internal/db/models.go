@@ -129,6 +129,15 @@ type PostboxReplay struct {
 	Attempts   int32
 }
 
+type PostboxRoute struct {
+	Router    string
+	Position  int32
+	Queue     string
+	TypeName  *string
+	Predicate *string
+	CreatedAt time.Time
+}
+
 type PostboxScheduled struct {
 	ID        int64
 	MessageID uuid.UUID
