@@ -1,10 +1,11 @@
 // Package dlq lists, inspects, replays and purges dead letters.
 //
-// A dead letter is an inbox row with status 'dead': a delivery that
-// exhausted its subscriber's attempts, that a handler rejected as permanently
-// invalid (postbox.Permanent), or a send to a queue that did not exist when
-// the relay moved it (LastError "no-route", Subscriber the queue name). Dead
-// letters stay until they are replayed or purged.
+// A dead letter is a row of the table postbox.dead_letters: a delivery that
+// exhausted its subscriber's attempts, that a handler rejected as
+// permanently invalid (postbox.Permanent), a send to a queue that did not
+// exist when the relay moved it (LastError "no-route", Subscriber the queue
+// name), or an outbox row the relay could not move (Subscriber Relay,
+// "_relay"). Dead letters stay until they are replayed or purged.
 //
 // Every function takes a postbox.DBTX, so it runs on a pool, a connection or
 // the caller's transaction (and then commits or rolls back with it).
@@ -15,7 +16,7 @@
 //		Since:         time.Now().Add(-time.Hour),
 //	})
 //	...
-//	n, err := dlq.Count(ctx, pool, dlq.Filter{Subscriber: "inventory", Type: "order.created.v1"}) // dry run
+//	n, err := dlq.Count(ctx, pool, dlq.Filter{Subscriber: "inventory", Type: "order.created.v1"}) // dry run of Replay
 //	n, err = dlq.Replay(ctx, pool, dlq.Filter{Subscriber: "inventory", Type: "order.created.v1"})
 //	n, err = dlq.Purge(ctx, pool, dlq.Filter{Subscriber: "inventory", IDs: []uuid.UUID{id}})
 //	d, err := dlq.Get(ctx, pool, "inventory", id) // errors.Is(err, dlq.ErrNotFound) once replayed
@@ -23,18 +24,25 @@
 // # Guarantees
 //
 //   - Replay and Purge run the SQL functions postbox.replay_dead_letters and
-//     postbox.purge_dead_letters: Go and psql select and
-//     change rows the same way. Count and List select with the same
-//     predicate, so Count is what a Replay or Purge with the same Filter
-//     would touch at that moment.
+//     postbox.purge_dead_letters: Go and psql select and change rows the
+//     same way. Count is what a Replay with the same Filter would replay at
+//     that moment (postbox.replayable_dead_letters), CountPurge what a Purge
+//     would delete.
 //   - A replayed letter is pending again at once, with attempts 0, replay
 //     count one higher, headers x-replayed-at (UTC, RFC 3339) and
 //     x-replay-count (the new replay count), and one row in postbox.replays
 //     recording its attempts and last error. Its message ID is unchanged.
+//   - Replay keeps a key's order: letters are replayed in their original
+//     order, each is handled after its key's earlier pending messages and
+//     before its later ones, and a letter whose key has an earlier dead
+//     letter that the Filter leaves behind is not replayed (Count says how
+//     many will be). With dispatcher.KeyParks, a key's later messages wait
+//     while one of its messages is dead, until it is replayed or purged.
 //   - Each call is one statement: all or nothing. Concurrent replays of the
 //     same letters replay each letter once.
 //   - Each call touches at most Filter.Limit letters (default 100, at most
-//     10000), oldest dead first, so transactions and results stay bounded;
+//     10000): List and Purge take the oldest dead first, Replay the earliest
+//     published first, so transactions and results stay bounded;
 //     call again until the result is zero to go through more, with Until
 //     fixed at the start so letters that die again meanwhile are left alone.
 //   - Filters are validated before anything runs (errors match
@@ -43,7 +51,8 @@
 //
 // A replayed no-route letter becomes a pending delivery of the queue it was
 // sent to; declare that queue (dispatcher.DeclareQueue) before replaying it,
-// or it waits for a consumer that does not exist.
+// or it waits for a consumer that does not exist. A replayed letter of
+// Relay goes back into the outbox, to be relayed again.
 //
 // # From SQL
 //
@@ -61,9 +70,9 @@
 //
 //	SELECT subscriber, count(*) FROM postbox.dead_letters GROUP BY subscriber;
 //
-//	-- dry run: what a replay or purge would touch
-//	SELECT count(*) FROM postbox.dead_letters
-//	WHERE subscriber = 'inventory' AND type = 'order.created.v1';
+//	-- dry runs: what a replay would replay, what a purge would delete
+//	SELECT count(*) FROM postbox.replayable_dead_letters('inventory', type_name => 'order.created.v1');
+//	SELECT count(*) FROM postbox.select_dead_letters('inventory', type_name => 'order.created.v1');
 //
 //	-- replay all of a subscriber's dead letters, or some of them
 //	SELECT postbox.replay_dead_letters('inventory');
