@@ -78,15 +78,21 @@ type horizon struct {
 // pipeline (one round trip; each statement has its own snapshot, the relay
 // statement's taken after the horizon check). It returns the id that every
 // row at or below is now final, or 0 if the previous writers still run.
-func (h *horizon) withBatch(ctx context.Context, pool *pgxpool.Pool, p db.RelayBatchParams) (cleared int64, row db.RelayBatchRow, err error) {
+//
+// idle skips the horizon check (an idle relay then runs one statement a
+// poll): when the last batch moved nothing, the marks have nothing to
+// catch up with.
+func (h *horizon) withBatch(ctx context.Context, pool *pgxpool.Pool, p db.RelayBatchParams, idle bool) (cleared int64, row db.RelayBatchRow, err error) {
 	b := &pgx.Batch{}
 	var hz db.OutboxHorizonRow
 	read := false
-	b.Queue(db.OutboxHorizon, h.writers).QueryRow(func(r pgx.Row) error {
-		err := r.Scan(&hz.Writing, &hz.LastID, &hz.Writers)
-		read = err == nil
-		return err
-	})
+	if !idle {
+		b.Queue(db.OutboxHorizon, h.writers).QueryRow(func(r pgx.Row) error {
+			err := r.Scan(&hz.Writing, &hz.LastID, &hz.Writers)
+			read = err == nil
+			return err
+		})
+	}
 	b.Queue(db.RelayBatch, p.BatchSize, p.MaxBytes, p.Marks, p.OnlyID).QueryRow(func(r pgx.Row) error {
 		return r.Scan(&row.Claimed, &row.Candidates, &row.MinID, &row.MaxID, &row.Bytes, &row.Delivered,
 			&row.Duplicates, &row.NoRoute, &row.Unrouted, &row.Parts, &row.Subscribers, &row.Traceparents)

@@ -154,6 +154,7 @@ type Relay struct {
 	marks   marks
 	horizon horizon
 	size    int       // rows per statement now; less than BatchSize after errors
+	idle    bool      // the last batch moved nothing
 	sweepAt time.Time // next batch that ignores the marks
 	sink    sinkState
 
@@ -268,7 +269,7 @@ func (r *Relay) batch(ctx context.Context) (Result, error) {
 	marks := r.marks.forStatement(&r.sweepAt)
 	params := db.RelayBatchParams{BatchSize: int32(r.size), MaxBytes: r.cfg.MaxBatchBytes, Marks: marks[:]}
 	started := time.Now()
-	hz, row, err := r.horizon.withBatch(ctx, r.pool, params)
+	hz, row, err := r.horizon.withBatch(ctx, r.pool, params, r.idle)
 	if err != nil {
 		return r.failed(ctx, marks, err)
 	}
@@ -276,6 +277,7 @@ func (r *Relay) batch(ctx context.Context) (Result, error) {
 	// Cut by the row or the byte limit: more is likely waiting, and only
 	// ids up to the last one moved are known to be done.
 	full := int(row.Candidates) >= int(params.BatchSize) || row.Claimed < row.Candidates
+	r.idle = row.Claimed == 0
 	res := Result{Claimed: int(row.Claimed), Delivered: int(row.Delivered), Duplicates: int(row.Duplicates),
 		NoRoute: int(row.NoRoute), Unrouted: int(row.Unrouted), More: full}
 	r.marks.advance(row.Parts, hz, full, row.MaxID)
