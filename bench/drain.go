@@ -208,9 +208,9 @@ func drainFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 // drainOptions are one postbox drain run's.
 type drainOptions struct {
 	n, consumers, keys int
-	warm, batchHandler  bool
-	pin                 bool
-	timeout             time.Duration
+	warm, batchHandler bool
+	pin                bool
+	timeout            time.Duration
 }
 
 // drain declares the queue, preloads o.n messages and times their drain

@@ -117,7 +117,3 @@ FROM generate_series(1, $2::integer) g`
 const sqlCountPending = `SELECT ready + waiting FROM postbox.queue_depths WHERE subscriber = $1`
 
 const sqlCountOutbox = `SELECT count(*) FROM postbox.outbox`
-
-// sqlEnqueuedAt reads when the relay wrote a delivery (the relay
-// transaction's start), for the latency breakdown.
-const sqlEnqueuedAt = `SELECT enqueued_at FROM postbox.inbox WHERE subscriber = $1 AND message_id = $2 LIMIT 1`

@@ -96,6 +96,7 @@ func toEntry(subscriber string, set settings, r db.ClaimBatchRow) *entry {
 		Subscriber: subscriber,
 		Attempt:    int(r.Attempts) + 1,
 		Partition:  int(r.KeyHash) % max(set.partitions, 1),
+		EnqueuedAt: r.EnqueuedAt,
 	}
 	// A headers column that is not a JSON object (only hand-written SQL
 	// could do that) leaves the delivery without headers rather than

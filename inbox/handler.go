@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -21,6 +22,11 @@ type Delivery struct {
 	// Partition is hash(Key) mod the subscriber's partitions (murmur2, as
 	// Kafka).
 	Partition int
+	// EnqueuedAt is when the relay moved the message to the subscriber
+	// (the relay statement's start): EnqueuedAt - CreatedAt is the time in
+	// the outbox, now - EnqueuedAt the time waiting for a consumer. Zero
+	// for HandleOnce.
+	EnqueuedAt time.Time
 }
 
 // Handler handles deliveries. What it writes through tx commits in the same

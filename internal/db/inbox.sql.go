@@ -19,6 +19,7 @@ SELECT c.source::text AS source, c.part::smallint AS part, c.next_seq::bigint AS
        c.replay_count::integer AS replay_count, c.topic::text AS topic, c.type::text AS type,
        coalesce(c.key, '')::text AS key, c.payload::bytea AS payload, c.headers::jsonb AS headers,
        c.created_at::timestamptz AS created_at, c.available_at::timestamptz AS available_at,
+       c.enqueued_at::timestamptz AS enqueued_at,
        c.blocked::boolean AS blocked, c.handled::boolean AS handled
 FROM postbox.claim_batch($1::text, $2::integer, $3::integer,
                          $4::smallint[], $5::boolean) c
@@ -49,6 +50,7 @@ type ClaimBatchRow struct {
 	Headers     []byte
 	CreatedAt   time.Time
 	AvailableAt time.Time
+	EnqueuedAt  time.Time
 	Blocked     bool
 	Handled     bool
 }
@@ -89,6 +91,7 @@ func (q *Queries) ClaimBatch(ctx context.Context, arg ClaimBatchParams) ([]Claim
 			&i.Headers,
 			&i.CreatedAt,
 			&i.AvailableAt,
+			&i.EnqueuedAt,
 			&i.Blocked,
 			&i.Handled,
 		); err != nil {

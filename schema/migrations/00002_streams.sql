@@ -455,8 +455,8 @@ CREATE FUNCTION postbox.claim_batch(
 RETURNS TABLE (
     source text, part smallint, next_seq bigint, epoch bigint, seq bigint, message_id uuid,
     key_hash integer, attempts integer, replay_count integer, topic text, type text, key text,
-    payload bytea, headers jsonb, created_at timestamptz, available_at timestamptz, blocked boolean,
-    handled boolean)
+    payload bytea, headers jsonb, created_at timestamptz, available_at timestamptz,
+    enqueued_at timestamptz, blocked boolean, handled boolean)
 LANGUAGE plpgsql
 SET jit = off
 SET plan_cache_mode = force_generic_plan
@@ -492,7 +492,7 @@ BEGIN
             RETURN QUERY
             SELECT 'parked'::text, p, c_next, c_epoch, k.seq, k.message_id, k.key_hash, k.attempts,
                    k.replay_count, k.topic, k.type, k.key, k.payload, k.headers, k.created_at,
-                   k.available_at, false,
+                   k.available_at, k.enqueued_at, false,
                    (SELECT 1 FROM postbox.processed pr
                     WHERE pr.subscriber = p_subscriber AND pr.message_id = k.message_id LIMIT 1) IS NOT NULL
             FROM postbox.parked k
@@ -511,6 +511,7 @@ BEGIN
             RETURN QUERY
             SELECT 'stream'::text, p, c_next, c_epoch, r.seq, r.message_id, r.key_hash, 0, 0,
                    r.topic, r.type, r.key, r.payload, r.headers, r.created_at, r.available_at,
+                   r.enqueued_at,
                    r.key IS NOT NULL AND (
                        (any_parked AND (SELECT 1 FROM postbox.parked b
                                         WHERE b.subscriber = p_subscriber AND b.key = r.key LIMIT 1) IS NOT NULL)

@@ -9,6 +9,7 @@ SELECT c.source::text AS source, c.part::smallint AS part, c.next_seq::bigint AS
        c.replay_count::integer AS replay_count, c.topic::text AS topic, c.type::text AS type,
        coalesce(c.key, '')::text AS key, c.payload::bytea AS payload, c.headers::jsonb AS headers,
        c.created_at::timestamptz AS created_at, c.available_at::timestamptz AS available_at,
+       c.enqueued_at::timestamptz AS enqueued_at,
        c.blocked::boolean AS blocked, c.handled::boolean AS handled
 FROM postbox.claim_batch(@subscriber::text, @batch_size::integer, @start::integer,
                          @skip::smallint[], @park_on_dead::boolean) c;
