@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -351,6 +352,19 @@ func Subscriptions(ctx context.Context, dbtx postbox.DBTX) ([]Subscription, erro
 // partitioner (murmur2), so a Kafka sink agrees with postbox's inbox.
 func Partition(key string, n int) int {
 	return murmur2.Partition([]byte(key), n)
+}
+
+// KeyHash is the hash postbox stores with a message (Envelope.KeyHash, the
+// outbox's key_hash): Kafka's murmur2 of the key with the sign bit
+// cleared, or of the message ID's 16 bytes when there is no key. A message
+// belongs to relay and order partition KeyHash % 16, and to Kafka
+// partition KeyHash % partitions. The SQL function postbox.key_hash
+// computes the same for hand-written outbox rows.
+func KeyHash(key string, id uuid.UUID) int32 {
+	if key != "" {
+		return murmur2.Positive([]byte(key))
+	}
+	return murmur2.Positive(id[:])
 }
 
 var segmentRE = regexp.MustCompile(`^[a-z0-9_-]+$`)

@@ -353,3 +353,25 @@ func TestOptionsValidation(t *testing.T) {
 		t.Errorf("%d subscribers after rejected declarations (%v), want 0", n, err)
 	}
 }
+
+// KeyHash is the hash the producer stores: the outbox row of a published
+// message carries it, for a key and for a message without one.
+func TestKeyHashIsWhatTheOutboxStores(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.Pool(t, 2)
+	for _, key := range []string{"order-42", ""} {
+		msg := &postbox.Message{Topic: "t", Key: key, Payload: []byte(`{}`)}
+		if err := outbox.Publish(ctx, pool, msg); err != nil {
+			t.Fatal(err)
+		}
+		var stored, sql int32
+		if err := pool.QueryRow(ctx, `SELECT key_hash, postbox.key_hash(coalesce(convert_to(key, 'UTF8'), uuid_send(message_id)))
+			FROM postbox.outbox WHERE message_id = $1`, msg.ID).Scan(&stored, &sql); err != nil {
+			t.Fatal(err)
+		}
+		if got := dispatcher.KeyHash(key, msg.ID); got != stored || got != sql {
+			t.Errorf("key %q: KeyHash = %d, outbox row %d, postbox.key_hash %d", key, got, stored, sql)
+		}
+	}
+}
