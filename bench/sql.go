@@ -116,4 +116,3 @@ FROM generate_series(1, $2::integer) g`
 // sqlCountPending counts a subscriber's deliveries not yet handled.
 const sqlCountPending = `SELECT ready + waiting FROM postbox.queue_depths WHERE subscriber = $1`
 
-const sqlCountOutbox = `SELECT count(*) FROM postbox.outbox`

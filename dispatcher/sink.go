@@ -11,17 +11,18 @@ import (
 // in relay.Config.Sink.
 //
 // Deliver must durably accept every envelope before it returns nil. The
-// relay deletes the envelopes from the outbox only then, in the
-// transaction that held them, so an error or a crash delivers them again:
-// at-least-once. Consumers on the other side deduplicate by message ID
-// (inbox.HandleOnce) to make effects exactly-once.
+// relay deletes the envelopes from the outbox only then, so an error, a
+// timeout (relay.Config.SinkTimeout, through ctx) or a crash delivers them
+// again: at-least-once. Consumers on the other side deduplicate by message
+// ID (inbox.HandleOnce) to make effects exactly-once.
 //
-// Envelopes come in outbox order, and the relay's partition locks keep two
-// relays from delivering messages of one key at once, so a sink that
-// preserves the order of what it is given per partition preserves per-key
-// order. Messages whose DeliverAt is still ahead are held back until due;
-// unlike on the inbox path, they do not hold back later messages of their
-// key meanwhile (the outbox has no index by key to check that cheaply).
+// A batch holds the oldest due messages of one relay partition, in outbox
+// order; the relay holds that partition (a session lock, no transaction)
+// until Deliver returns, so two relays never deliver messages of one key at
+// once, and a sink that preserves the order of what it is given preserves
+// per-key order. Messages whose DeliverAt is still ahead wait in
+// postbox.scheduled until due; unlike on the inbox path, they do not hold
+// back later messages of their key meanwhile.
 type Sink interface {
 	Deliver(ctx context.Context, batch []Envelope) error
 }
