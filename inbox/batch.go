@@ -62,8 +62,11 @@ type batch struct {
 	entries []*entry
 	parts   map[int16]cursorAt
 	held    map[string]int64 // per key, the seq after which its deliveries wait: one failed, was blocked or delayed
-	started time.Time
-	claimed time.Duration
+	// released are, per partition, the seq of a delivery its handler
+	// handed back (ErrRelease): the batch goes no further in that partition.
+	released map[int16]int64
+	started  time.Time
+	claimed  time.Duration
 }
 
 // holdKey makes the batch's later deliveries of e's key wait.
@@ -86,6 +89,26 @@ func (b *batch) waits(e *entry) bool {
 	}
 	seq, ok := b.held[e.d.Key]
 	return ok && e.row.Seq > seq
+}
+
+// release hands e back, uncharged (its handler returned ErrRelease): it
+// and the rest of its partition in this batch stay for the next claim, so
+// the partition's cursor does not move past it.
+func (b *batch) release(e *entry) {
+	if b.released == nil {
+		b.released = make(map[int16]int64)
+	}
+	if seq, ok := b.released[e.row.Part]; !ok || e.row.Seq < seq {
+		b.released[e.row.Part] = e.row.Seq
+	}
+	e.out = outNone
+}
+
+// stopped reports whether e is at or after a delivery of its partition that
+// was handed back: it stays for the next claim.
+func (b *batch) stopped(e *entry) bool {
+	seq, ok := b.released[e.row.Part]
+	return ok && e.row.Seq >= seq
 }
 
 // expired reports whether the batch must start no more handlers.
@@ -131,6 +154,9 @@ func (b *batch) run(ctx, bctx context.Context, tx pgx.Tx) error {
 	if b.c.cfg.BatchHandler != nil {
 		return b.runBatchHandler(ctx, bctx, tx)
 	}
+	if b.c.cfg.SavepointPerDelivery {
+		return b.careful(ctx, bctx, tx)
+	}
 	ok, err := b.optimistic(ctx, bctx, tx)
 	if ok || err != nil {
 		return err
@@ -152,6 +178,9 @@ func (b *batch) optimistic(ctx, bctx context.Context, tx pgx.Tx) (bool, error) {
 		if b.expired(ctx) {
 			break
 		}
+		if b.stopped(e) {
+			continue
+		}
 		if b.waits(e) {
 			b.block(e)
 			continue
@@ -160,7 +189,7 @@ func (b *batch) optimistic(ctx, bctx context.Context, tx pgx.Tx) (bool, error) {
 		if lost := b.check(tx, e, timedOut, err); lost != nil {
 			return false, lost
 		}
-		if e.out == outFailed {
+		if e.out == outFailed || b.released != nil {
 			b.reset()
 			return false, nil
 		}
@@ -189,6 +218,8 @@ func (b *batch) check(tx pgx.Tx, e *entry, timedOut bool, err error) *lostError 
 			e.out, e.fail = outFailed, b.classify(e, err)
 		}
 		return lost
+	case errors.Is(err, ErrRelease):
+		b.release(e)
 	case err != nil:
 		b.failed(e, err)
 	case pg.TxStatus() == 'E':
@@ -238,6 +269,9 @@ func (b *batch) careful(ctx, bctx context.Context, tx pgx.Tx) error {
 		if b.expired(ctx) {
 			break
 		}
+		if b.stopped(e) {
+			continue
+		}
 		if b.waits(e) {
 			b.block(e)
 			continue
@@ -249,7 +283,7 @@ func (b *batch) careful(ctx, bctx context.Context, tx pgx.Tx) error {
 		if lost := b.check(tx, e, timedOut, herr); lost != nil {
 			return lost
 		}
-		if e.out == outFailed {
+		if e.out == outFailed || (e.out == outNone && b.stopped(e)) {
 			if err := sp.rollback(bctx); err != nil {
 				return &lostError{err: fmt.Errorf("inbox: rollback to savepoint after %s failed: %w", e.d.ID, err), attempted: b.attempted()}
 			}

@@ -257,3 +257,67 @@ func TestBatchBudgetCommitsWhatFinished(t *testing.T) {
 		t.Fatalf("effects = %d, want %d", got, n)
 	}
 }
+
+// A handler that returns ErrRelease hands its delivery back: its effects
+// roll back, no attempt is counted, and neither it nor what follows it in
+// its partition is passed; it is handled on a later claim.
+func TestReleasedDeliveryIsHandedBackUncharged(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const n = 6
+	pool := setup(t, n, 1, dispatcher.Options{}) // one key: one partition, in order
+	var released atomic.Bool
+	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
+		if err := recordEffect(ctx, tx, d); err != nil {
+			return err
+		}
+		if payloadN(d) == 2 && released.CompareAndSwap(false, true) {
+			return fmt.Errorf("shutting down: %w", inbox.ErrRelease)
+		}
+		return nil
+	})
+	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: h, NoListen: true})
+	if _, err := c.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != 2 {
+		t.Fatalf("effects after the release = %d, want messages 0 and 1 only", got)
+	}
+	if d := pgtest.Depths(t, ctx, pool, "work"); d.Ready != n-2 {
+		t.Fatalf("depths = %+v, want the released one and those behind it ready", d)
+	}
+	runUntilEmpty(t, pool, c, "work")
+	if got := mustCount(t, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != n {
+		t.Fatalf("effects = %d, want %d", got, n)
+	}
+	if s := c.Stats(); s.Failed != 0 || s.Dead != 0 {
+		t.Fatalf("stats = %+v: a release is no failure", s)
+	}
+}
+
+// With SavepointPerDelivery a failure does not run the batch's other
+// handlers again.
+func TestSavepointPerDeliveryRunsEachHandlerOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const n = 10
+	pool := setup(t, n, n, dispatcher.Options{})
+	var calls atomic.Int64
+	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
+		calls.Add(1)
+		if payloadN(d) == 5 {
+			return errors.New("five fails")
+		}
+		return recordEffect(ctx, tx, d)
+	})
+	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: h, NoListen: true, SavepointPerDelivery: true})
+	if _, err := c.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := calls.Load(); got != n {
+		t.Fatalf("handler calls = %d, want %d (each once)", got, n)
+	}
+	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != n-1 {
+		t.Fatalf("effects = %d, want %d", got, n-1)
+	}
+}

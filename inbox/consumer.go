@@ -27,8 +27,14 @@ type Config struct {
 	// BatchSize is the most deliveries claimed and committed together.
 	// Default 100. A batch runs without savepoints while its handlers
 	// succeed; only a batch in which one fails is run again with one per
-	// delivery.
+	// delivery (see SavepointPerDelivery).
 	BatchSize int
+	// SavepointPerDelivery runs every handler in a savepoint of its own
+	// from the start, instead of optimistically: a failure then never runs
+	// the batch's other handlers again. For handlers whose effects outside
+	// the database must not repeat without a crash; it costs a round trip
+	// per delivery.
+	SavepointPerDelivery bool
 	// BatchBudget: once a batch has run this long it starts no more
 	// handlers and commits what it has. Default 5s, well below common
 	// idle_in_transaction_session_timeout and transaction_timeout values.

@@ -19,8 +19,8 @@ func (b *batch) finishParams() db.FinishBatchParams {
 		next[part] = cur.nextSeq
 	}
 	for _, e := range b.entries {
-		if e.out == outNone {
-			continue
+		if e.out == outNone || b.stopped(e) {
+			continue // not reached, or behind a delivery handed back
 		}
 		id := e.row.MessageID
 		if e.stream() {

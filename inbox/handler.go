@@ -105,6 +105,15 @@ func Pipeline(steps ...Handler) Handler {
 	})
 }
 
+// ErrRelease, returned by a handler (or wrapped in what it returns), hands
+// the delivery back uncharged: its effects roll back, no attempt is
+// counted, and it is claimed again later, with the deliveries of its order
+// partition behind it. For a handler that cannot take the delivery now for
+// a reason that is not the delivery's fault (it is shutting down, its
+// reader went away). A handler that keeps releasing a delivery holds up its
+// partition.
+var ErrRelease = errors.New("inbox: delivery released")
+
 // ErrTxOwned is returned when a handler tries to commit or roll back the
 // transaction it was given: the consumer does that.
 var ErrTxOwned = errors.New("inbox: the consumer owns this transaction; return nil to commit or an error to roll back")
