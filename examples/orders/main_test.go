@@ -10,8 +10,12 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/postbox-dev/postbox"
+	"github.com/postbox-dev/postbox/inbox"
 	"github.com/postbox-dev/postbox/internal/pgtest"
+	"github.com/postbox-dev/postbox/postboxtest"
 )
 
 var summaryRE = regexp.MustCompile(`^orders: published=(\d+) handled=(\d+) duplicates=(\d+) lost=(\d+) dead=(\d+) replayed=(\d+)$`)
@@ -166,5 +170,155 @@ func TestWithDatabase(t *testing.T) {
 	}
 	if _, err := withDatabase("mysql://db/app", exampleDatabase); err == nil {
 		t.Error("withDatabase accepted a mysql:// URL")
+	}
+}
+
+// setUp gives a test a database of its own with the example's tables and
+// routing, through postboxtest as a service's own tests would.
+func setUp(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	ctx := context.Background()
+	pool := postboxtest.Pool(t)
+	if _, err := pool.Exec(ctx, tablesSQL); err != nil {
+		t.Fatal(err)
+	}
+	if err := declareRouting(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	return pool
+}
+
+// Placing an order publishes order.created and sends process-order, both
+// or neither.
+func TestPlaceOrderPublishesBothMessages(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := setUp(t)
+	o := sampleOrders()[1] // ord-1002, a laptop
+	if _, err := placeOrder(ctx, pool, o); err != nil {
+		t.Fatal(err)
+	}
+	want := []postboxtest.Want{
+		{Topic: topicOrderCreated, Type: "order.created.v1", Key: o.ID,
+			Payload: map[string]any{"orderId": o.ID, "customer": "bob", "totalAmount": o.TotalAmount}},
+		{Topic: queueProcessOrder, Queue: true, Type: "order.process.v1", Key: o.ID},
+	}
+	postboxtest.RequireManyPublishedTx(ctx, t, pool, want)
+	// The same order again fails on its primary key: its transaction
+	// rolls back, and with it both messages.
+	if _, err := placeOrder(ctx, pool, o); err == nil {
+		t.Fatal("placing an order twice succeeded")
+	}
+	postboxtest.RequireManyPublishedTx(ctx, t, pool, want)
+	postboxtest.RequireNotPublishedTx(ctx, t, pool, postboxtest.Want{Key: "ord-1001"})
+}
+
+// Each handler, run as its consumer would run it.
+func TestHandlers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := setUp(t)
+	good := sampleOrders()[0]
+	if _, err := placeOrder(ctx, pool, good); err != nil {
+		t.Fatal(err)
+	}
+	goodPayload, err := postbox.JSON(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poisonPayload, err := postbox.JSON(sampleOrders()[5])
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipment, err := postbox.JSON(ShipmentRequest{OrderID: good.ID, Customer: good.Customer, Items: good.Items})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		h         inbox.Handler
+		msg       postbox.Message
+		opts      *postboxtest.HandleOpts
+		err       string
+		dead      bool
+		published []postboxtest.Want
+	}{
+		{name: "a command becomes a shipment request", h: processOrder,
+			msg:       postbox.Message{Topic: queueProcessOrder, Key: good.ID, Payload: goodPayload},
+			opts:      &postboxtest.HandleOpts{Subscriber: queueProcessOrder},
+			published: []postboxtest.Want{{Topic: queueShipments, Queue: true, Type: "shipment.request.v1", Key: good.ID}}},
+		{name: "the legacy command is dead at once", h: processOrder,
+			msg:  postbox.Message{Topic: queueProcessOrder, Key: "ord-1011", Payload: []byte(`{"orderId": 1011, "items": "KB-01 x1"}`)},
+			opts: &postboxtest.HandleOpts{Subscriber: queueProcessOrder}, err: "permanent", dead: true},
+		{name: "the poison order is retried", h: inbox.HandlerFunc(reserveStock),
+			msg:  postbox.Message{Topic: topicOrderCreated, Key: "ord-1006", Payload: poisonPayload},
+			opts: &postboxtest.HandleOpts{Subscriber: "inventory"}, err: `unknown SKU "DOCK-X1"`},
+		{name: "until its last attempt", h: inbox.HandlerFunc(reserveStock),
+			msg:  postbox.Message{Topic: topicOrderCreated, Key: "ord-1006", Payload: poisonPayload},
+			opts: &postboxtest.HandleOpts{Subscriber: "inventory", Attempt: retries.MaxAttempts}, err: `unknown SKU "DOCK-X1"`, dead: true},
+		{name: "shipping publishes order.shipped", h: inbox.HandlerFunc(ship),
+			msg:       postbox.Message{Topic: queueShipments, Key: good.ID, Payload: shipment},
+			opts:      &postboxtest.HandleOpts{Subscriber: queueShipments},
+			published: []postboxtest.Want{{Topic: topicOrderShipped, Type: "order.shipped.v1", Key: good.ID, Payload: map[string]any{"orderId": good.ID}}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			tx, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(ctx)
+			msg := tt.msg
+			res := postboxtest.Handle(ctx, t, tx, tt.h, &msg, tt.opts)
+			if tt.err == "" && res.Err != nil || tt.err != "" && (res.Err == nil || !strings.Contains(res.Err.Error(), tt.err)) {
+				t.Fatalf("Err = %v, want %q", res.Err, tt.err)
+			}
+			if res.Dead != tt.dead {
+				t.Errorf("Dead = %t, want %t", res.Dead, tt.dead)
+			}
+			if len(res.Published) != len(tt.published) {
+				t.Fatalf("published %d messages, want %d", len(res.Published), len(tt.published))
+			}
+			for i, w := range tt.published {
+				if !w.Matches(res.Published[i]) {
+					t.Errorf("published %+v, want %s", res.Published[i].Message, w)
+				}
+				if got := res.Published[i].Headers[postbox.HeaderCausationID]; got != msg.ID.String() {
+					t.Errorf("causation-id %q, want the delivery %s", got, msg.ID)
+				}
+			}
+		})
+	}
+}
+
+// One high-value order, relayed and handled to the end by every consumer
+// of the story, with postboxtest.Drain instead of running workers.
+func TestDrainOneOrder(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := setUp(t)
+	var consumers []*inbox.Consumer
+	for _, s := range consumerSpecs {
+		c, err := inbox.NewConsumer(pool, inbox.Config{Subscriber: s.subscriber, Handler: s.handler, NoListen: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		consumers = append(consumers, c)
+	}
+	o := sampleOrders()[7] // ord-1008, 100.00 or more
+	if _, err := placeOrder(ctx, pool, o); err != nil {
+		t.Fatal(err)
+	}
+	res := postboxtest.Drain(ctx, t, pool, consumers...)
+	// order.created, process-order, its shipment request, order.shipped;
+	// order.created to inventory, notifications, analytics and high-value,
+	// the command, the shipment, order.shipped to analytics.
+	if want := (postboxtest.DrainResult{Relayed: 4, Handled: 7}); res != want {
+		t.Errorf("Drain = %+v, want %+v", res, want)
+	}
+	var status string
+	if err := pool.QueryRow(ctx, `SELECT status FROM orders WHERE id = $1`, o.ID).Scan(&status); err != nil || status != "shipped" {
+		t.Errorf("order %s is %q (%v), want shipped", o.ID, status, err)
 	}
 }
