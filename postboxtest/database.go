@@ -126,6 +126,35 @@ func Pool(tb testing.TB) *pgxpool.Pool {
 	return pool
 }
 
+// MustPool is Pool for code without a testing.TB, such as runnable
+// examples: it creates a fresh migrated database and returns a pool on it
+// and a function that closes the pool and drops the database. It panics,
+// saying how to provide a server, when there is none.
+//
+//	pool, drop := postboxtest.MustPool()
+//	defer drop()
+func MustPool() (*pgxpool.Pool, func()) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	d, err := NewDatabase(ctx)
+	if err != nil {
+		panic(err)
+	}
+	pool, err := pgxpool.New(ctx, d.URL)
+	if err != nil {
+		_ = d.Drop(ctx)
+		panic(fmt.Errorf("postboxtest: open pool: %w", err))
+	}
+	return pool, func() {
+		pool.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := d.Drop(ctx); err != nil {
+			panic(err)
+		}
+	}
+}
+
 var (
 	serverMu  sync.Mutex
 	serverURL string // the server found, once one answered

@@ -436,3 +436,21 @@ func TestDrain(t *testing.T) {
 		t.Errorf("a second Drain did %+v, want nothing", again)
 	}
 }
+
+// MustPool is for code without a testing.TB: its drop function closes
+// the pool and drops the database.
+func TestMustPool(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, drop := postboxtest.MustPool()
+	var name string
+	if err := pool.QueryRow(ctx, `SELECT current_database()`).Scan(&name); err != nil {
+		t.Fatal(err)
+	}
+	drop()
+	other := postboxtest.Pool(t)
+	var n int
+	if err := other.QueryRow(ctx, `SELECT count(*) FROM pg_database WHERE datname = $1`, name).Scan(&n); err != nil || n != 0 {
+		t.Errorf("database %s: %d left (%v) after drop, want 0", name, n, err)
+	}
+}
