@@ -38,6 +38,10 @@ type HandleResult struct {
 	// now, rather than retry it: Err is postbox.Permanent, or this was the
 	// subscriber's last attempt.
 	Dead bool
+	// Released reports that the handler handed the delivery back
+	// (inbox.ErrRelease): a consumer charges no attempt and claims it
+	// again later. Its effects were rolled back.
+	Released bool
 	// Published are the messages the handler wrote to the outbox, in order,
 	// if it succeeded. They carry the delivery's correlation-id and name it
 	// as their causation-id, as under a consumer.
@@ -107,7 +111,8 @@ func Handle(ctx context.Context, tb testing.TB, tx pgx.Tx, h inbox.Handler, msg 
 		if rerr := sp.Rollback(ctx); rerr != nil {
 			tb.Fatalf("postboxtest: Handle: roll back to the savepoint: %v", rerr)
 		}
-		res.Dead = postbox.IsPermanent(err) || o.Attempt >= set.MaxAttempts
+		res.Released = errors.Is(err, inbox.ErrRelease)
+		res.Dead = !res.Released && (postbox.IsPermanent(err) || o.Attempt >= set.MaxAttempts)
 		return res
 	}
 	if err := sp.Commit(ctx); err != nil {

@@ -342,6 +342,9 @@ func TestHandle(t *testing.T) {
 		{"the consumer owns the transaction", then(effect, func(ctx context.Context, tx pgx.Tx, _ *inbox.Delivery) error {
 			return tx.Commit(ctx)
 		}), nil, inbox.ErrTxOwned.Error(), false, 0},
+		{"a release on the last attempt is no failure", then(effect, func(context.Context, pgx.Tx, *inbox.Delivery) error {
+			return fmt.Errorf("shutting down: %w", inbox.ErrRelease)
+		}), &postboxtest.HandleOpts{Subscriber: "billing", Attempt: 3}, "delivery released", false, 0},
 		{"a swallowed SQL error fails", then(effect, func(ctx context.Context, tx pgx.Tx, _ *inbox.Delivery) error {
 			_, _ = tx.Exec(ctx, `SELECT 1/0`)
 			return nil
@@ -359,6 +362,9 @@ func TestHandle(t *testing.T) {
 			}
 			if res.Dead != tt.dead {
 				t.Errorf("Dead = %t, want %t", res.Dead, tt.dead)
+			}
+			if released := errors.Is(res.Err, inbox.ErrRelease); res.Released != released {
+				t.Errorf("Released = %t, want %t", res.Released, released)
 			}
 			if len(res.Published) != tt.published {
 				t.Fatalf("published %d messages, want %d", len(res.Published), tt.published)

@@ -2,6 +2,7 @@ package otelpostbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -25,7 +26,8 @@ import (
 // A consumer may run a handler more than once for one delivery (after
 // another delivery of its batch failed, the batch runs again with one
 // savepoint per delivery): each run is a span of its own, and only the
-// last run's effects commit. Put Middleware outermost, so that the span
+// last run's effects commit. A delivery handed back with inbox.ErrRelease
+// is no failure: its span carries messaging.postbox.delivery.released. Put Middleware outermost, so that the span
 // covers the other middleware.
 func (t *Telemetry) Middleware() inbox.Middleware {
 	return func(next inbox.Handler) inbox.Handler {
@@ -50,13 +52,19 @@ func (t *Telemetry) Middleware() inbox.Middleware {
 			ctx, span := t.tracer.Start(parent, OpProcess+" "+d.Topic, opts...)
 			started := time.Now()
 			defer func() {
+				failed := err
 				p := recover()
 				if p != nil {
-					err = fmt.Errorf("handler panicked: %v", p)
+					failed = fmt.Errorf("handler panicked: %v", p)
 				}
 				metric := []attribute.KeyValue{semconv.MessagingDestinationName(d.Topic), semconv.MessagingConsumerGroupName(d.Subscriber)}
-				if err != nil {
-					metric = append(metric, fail(span, err))
+				if errors.Is(failed, inbox.ErrRelease) {
+					// Handed back uncharged, to be claimed again: no failure.
+					span.SetAttributes(AttrDeliveryReleased.Bool(true))
+					failed = nil
+				}
+				if failed != nil {
+					metric = append(metric, fail(span, failed))
 				}
 				t.process.Record(ctx, time.Since(started).Seconds(), OpProcess, System, metric...)
 				span.End()

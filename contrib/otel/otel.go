@@ -41,6 +41,7 @@ const (
 	AttrMessageType      = attribute.Key("messaging.postbox.message.type")
 	AttrQueue            = attribute.Key("messaging.postbox.destination.queue")
 	AttrDeliveryAttempt  = attribute.Key("messaging.postbox.delivery.attempt")
+	AttrDeliveryReleased = attribute.Key("messaging.postbox.delivery.released")
 	AttrRelayDelivered   = attribute.Key("messaging.postbox.relay.delivered")
 	AttrRelayDuplicates  = attribute.Key("messaging.postbox.relay.duplicates")
 	AttrRelayNoRoute     = attribute.Key("messaging.postbox.relay.no_route")

@@ -427,3 +427,56 @@ func TestProduceFailuresAndOtherProducers(t *testing.T) {
 		t.Errorf("sends through database/sql counted %d, want 1", n)
 	}
 }
+
+// A delivery handed back (inbox.ErrRelease) is no failure, and the
+// consumer still sees the release; a panic fails the span and still
+// reaches the consumer, which makes it a failed attempt.
+func TestReleaseAndPanic(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, false)
+	for _, key := range []string{"release", "panic"} {
+		if err := b.tel.Publish(ctx, b.pool, &postbox.Message{Topic: "order." + key, Key: key}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	released := 0
+	b.run(t, func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
+		switch {
+		case d.Key == "panic":
+			panic("boom")
+		case released == 0:
+			released++
+			return inbox.ErrRelease
+		}
+		return nil
+	})
+	var releases, handled int
+	for _, s := range b.spans.GetSpans() {
+		if s.Name != "process order.release" {
+			continue
+		}
+		if s.Status.Code != codes.Unset {
+			t.Errorf("a release's process span has status %+v, want unset", s.Status)
+		}
+		for _, kv := range s.Attributes {
+			if kv.Key == "messaging.postbox.delivery.released" && kv.Value.AsBool() {
+				releases++
+			}
+		}
+		handled++
+	}
+	// A batch may run a handler more than once (see Middleware): at least
+	// the release and the run that handled it.
+	if releases != 1 || handled < 2 {
+		t.Errorf("%d process spans for the released message, %d marked released; want 2 or more and 1", handled, releases)
+	}
+	boom := b.span(t, "process order.panic")
+	if boom.Status.Code != codes.Error || boom.Status.Description != "handler panicked: boom" {
+		t.Errorf("panic span status %+v, want the panic as an error", boom.Status)
+	}
+	var dead int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM postbox.dead_letters WHERE key = 'panic'`).Scan(&dead); err != nil || dead != 1 {
+		t.Errorf("%d dead letters for the panic (%v), want 1: the consumer saw the panic", dead, err)
+	}
+}
