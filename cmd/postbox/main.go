@@ -66,6 +66,7 @@ var commands = []struct {
 	{"queue", "declare a queue or change its settings (queue declare NAME)", (*cli).queue},
 	{"subscribe", "subscribe a subscriber to a topic pattern", (*cli).subscribe},
 	{"unsubscribe", "remove a subscription", (*cli).unsubscribe},
+	{"route", "content-based routing rules of a router (add|list|remove|replay)", (*cli).route},
 	{"bench", "run a named benchmark workload (see postbox bench --help)", (*cli).bench},
 }
 
