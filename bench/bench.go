@@ -53,6 +53,7 @@ var workloads = []workload{
 	{"backlog", "drain rate of fresh messages while N older ones wait in the same inbox", backlogFlags},
 	{"idle", "S queues with P consumers each and a relay, no messages: statements, transactions, WAL and CPU a second", idleFlags},
 	{"trickle", "R messages a second to one queue with P consumers: statements and CPU per handled message", trickleFlags},
+	{"soak", "R messages a second for D: rate, p99 and table sizes every minute, so drift and bloat show", soakFlags},
 }
 
 // Run executes one benchmark workload. args are the command-line arguments
