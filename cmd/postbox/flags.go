@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -197,49 +200,40 @@ type redactor struct {
 
 func newRedactor(w io.Writer) *redactor { return &redactor{w: w} }
 
-// add registers a secret, also in its URL-escaped forms.
+// add registers a secret, also in the forms output may carry it in:
+// URL-escaped, Go-quoted (flag defaults are printed with %q) and
+// JSON-escaped (JSON logs).
 func (r *redactor) add(secret string) {
 	if secret == "" {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, s := range []string{secret, url.QueryEscape(secret), url.PathEscape(secret)} {
-		found := false
-		for _, have := range r.secrets {
-			found = found || have == s
-		}
-		if !found {
+	quoted := strconv.Quote(secret)
+	js, _ := json.Marshal(secret)
+	for _, s := range []string{secret, url.QueryEscape(secret), url.PathEscape(secret),
+		quoted[1 : len(quoted)-1], string(js[1 : len(js)-1])} {
+		if s != "" && !slices.Contains(r.secrets, s) {
 			r.secrets = append(r.secrets, s)
 		}
 	}
+	// Longest first, so that a secret containing another is replaced whole.
+	slices.SortFunc(r.secrets, func(a, b string) int { return len(b) - len(a) })
 }
 
-// addURL registers the password of a postgres:// URL or of a keyword/value
-// connection string, even one pgx would reject: decoded, and as written.
+// addURL registers the passwords of a connection string in every form
+// (see connPasswords), even one pgx would reject.
 func (r *redactor) addURL(dsn string) {
-	if u, err := url.Parse(dsn); err == nil && u.User != nil {
-		if p, ok := u.User.Password(); ok {
-			r.add(p)
-		}
+	for _, p := range connPasswords(dsn) {
+		r.add(p)
 	}
-	if i := strings.Index(dsn, "://"); i >= 0 {
-		// As written: between "user:" and the last '@' of the authority.
-		rest := dsn[i+3:]
-		if end := strings.IndexAny(rest, "/?"); end >= 0 && strings.LastIndexByte(rest[:end], '@') >= 0 {
-			rest = rest[:end]
-		}
-		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
-			if colon := strings.IndexByte(rest[:at], ':'); colon >= 0 {
-				r.add(rest[colon+1 : at])
-			}
-		}
-	}
-	for _, field := range strings.Fields(dsn) {
-		if v, ok := strings.CutPrefix(field, "password="); ok {
-			r.add(strings.Trim(v, `'`))
-		}
-	}
+}
+
+// snapshot returns the registered secrets.
+func (r *redactor) snapshot() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.secrets)
 }
 
 func (r *redactor) Write(p []byte) (int, error) {

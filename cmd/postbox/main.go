@@ -61,6 +61,9 @@ var commands = []struct {
 	{"relay", "move committed outbox messages to their subscribers until stopped", (*cli).relay},
 	{"migrate", "apply, roll back or show schema migrations (up|down|status)", (*cli).migrate},
 	{"stats", "queue depths per subscriber and the outbox backlog", (*cli).stats},
+	{"admin", "serve the admin web pages: overview, subscribers, dead letters", (*cli).admin},
+	{"doctor", "check the database for what will hurt postbox (exit 1 on a problem)", (*cli).doctor},
+	{"grants", "print (or --apply) the least-privilege roles for producers, relays, consumers, operators", (*cli).grants},
 	{"dlq", "list, show, replay or purge dead letters", (*cli).dlq},
 	{"queues", "list subscribers, queues and their subscriptions", (*cli).queues},
 	{"queue", "declare a queue or change its settings (queue declare NAME)", (*cli).queue},
@@ -90,6 +93,7 @@ Exit status: 0 success, 1 failure, 2 usage mistake.
 
 // run executes the command line and returns the exit status.
 func (c *cli) run(ctx context.Context, args []string) int {
+	c.registerSecrets(args)
 	err := c.dispatch(ctx, args)
 	var ue *usageError
 	switch {
@@ -99,6 +103,8 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		fmt.Fprintf(c.stderr, "%s\n\n", message(ue.msg))
 		ue.usage(c.stderr)
 		return 2
+	case errors.As(err, new(errQuiet)):
+		return 1 // reported on stdout already
 	case errors.Is(err, postbox.ErrInvalid):
 		// A value the library rejected (a name, a filter): still the
 		// caller's mistake.

@@ -34,15 +34,22 @@ dedup window. On SIGTERM the batch in flight commits or rolls back whole and
 the process exits 0 within 10 seconds. Several relays may run on one database.
 
 With --http, serves /healthz (200 while the database answers a ping within
-1s), /readyz (200 once started on a migrated schema, 503 while stopping) and
-/metrics (Prometheus). A bare ":PORT" listens on loopback only; give
-0.0.0.0:PORT to listen on every interface. The actual address is logged as
-"http listening addr=...", so ":0" picks a free port.`)
+1s), /readyz (200 once started on a migrated schema; 503 while stopping, and
+while due messages wait and no relay statement has succeeded, or none has
+moved anything, for --stall-after) and /metrics (Prometheus; bounded work
+whatever the backlog). With --admin it also serves the admin pages under
+/admin/ (see postbox admin --help). A bare ":PORT" listens on loopback only;
+give 0.0.0.0:PORT to listen on every interface (with --admin, that requires
+POSTBOX_ADMIN_TOKEN or POSTBOX_ADMIN_PASSWORD). The actual address is logged
+as "http listening addr=...", so ":0" picks a free port.`)
 	g := f.common()
 	batchSize := f.Int("batch-size", relay.DefaultBatchSize, "most outbox rows moved per transaction (1 to 100000)")
 	poll := f.Duration("poll-interval", relay.DefaultPollInterval, "how long an idle relay waits before looking again")
 	listen := f.Bool("listen", false, "also wake at once on NOTIFY "+relay.NotifyChannel+" from producers; polling continues")
 	httpAddr := f.String("http", "", "serve /healthz, /readyz and /metrics on `ADDR`, e.g. 127.0.0.1:9090 (default off)")
+	stallAfter := f.Duration("stall-after", time.Minute, "/readyz fails when due messages wait and the relay has made no progress for this long")
+	var adm adminFlags
+	adm.register(f, "admin", "also serve the admin pages under /admin/ (with --http)")
 	janitorEvery := f.Duration("janitor-interval", time.Minute, "how often to forget handled message IDs past their dedup window (0: no janitor)")
 	migrate := f.Bool("migrate", false, "apply pending schema migrations before starting")
 	pos, err := f.parse(c.stdout, args)
@@ -69,6 +76,18 @@ With --http, serves /healthz (200 while the database answers a ping within
 	if *poll <= 0 {
 		return f.usageErr("--poll-interval %s: want more than 0", *poll)
 	}
+	if *stallAfter <= 0 {
+		return f.usageErr("--stall-after %s: want more than 0", *stallAfter)
+	}
+	var auth adminAuth
+	if adm.on {
+		if addr == "" {
+			return f.usageErr("--admin: needs --http")
+		}
+		if auth, err = c.adminAuth(addr); err != nil {
+			return f.usageErr("--admin: %v", err)
+		}
+	}
 	cfg := relay.Config{
 		BatchSize:       *batchSize,
 		PollInterval:    *poll,
@@ -93,10 +112,15 @@ With --http, serves /healthz (200 while the database answers a ping within
 	if err := checkSchema(ctx, pool); err != nil {
 		return err
 	}
+	collector := newRelayCollector()
+	if addr != "" {
+		cfg.OnBatch = collector.observe
+	}
 	r, err := relay.New(pool, cfg)
 	if err != nil {
 		return err
 	}
+	collector.r = r
 
 	var ready atomic.Bool
 	var srv *http.Server
@@ -105,7 +129,13 @@ With --http, serves /healthz (200 while the database answers a ping within
 		if err != nil {
 			return fmt.Errorf("http: %w", err)
 		}
-		srv = newServer(pool, r, &ready, log)
+		s := &server{pool: pool, relay: r, ready: &ready, started: time.Now(), stallAfter: *stallAfter,
+			collector: collector, log: log}
+		if adm.on {
+			s.admin = newAdmin(adminConfig{pool: pool, base: "/admin", readOnly: adm.readOnly, auth: auth,
+				relay: r, log: log})
+		}
+		srv = newHTTPServer(s.handler())
 		log.Info("http listening", "addr", ln.Addr().String())
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -108,7 +108,7 @@ func TestStats(t *testing.T) {
 	var rep statsReport
 	runJSON(t, url, &rep, "stats")
 	want := []subscriberStats{
-		{Subscriber: "billing", Kind: "topic", Pending: 7, InBackoff: 2},
+		{Subscriber: "billing", Kind: "topic", Ready: 7, Waiting: 2, Delayed: 2},
 		{Subscriber: "payments", Kind: "undeclared", Dead: 3},
 	}
 	if len(rep.Subscribers) != len(want) {
@@ -116,7 +116,7 @@ func TestStats(t *testing.T) {
 	}
 	for i, w := range want {
 		got := rep.Subscribers[i]
-		if got.Subscriber != w.Subscriber || got.Kind != w.Kind || got.Pending != w.Pending || got.InBackoff != w.InBackoff || got.Dead != w.Dead {
+		if got.Subscriber != w.Subscriber || got.Kind != w.Kind || got.Ready != w.Ready || got.Waiting != w.Waiting || got.Delayed != w.Delayed || got.Dead != w.Dead {
 			t.Errorf("stats[%d] = %+v, want %+v", i, got, w)
 		}
 	}
