@@ -35,6 +35,7 @@ var adminFuncs = template.FuncMap{
 	"age": func(d time.Duration) string { return age(d.Seconds()) },
 	"ago": func(now, t time.Time) string { return age(now.Sub(t).Seconds()) },
 	"ts":  timestamp,
+	"dur": duration,
 	"clip": func(s string, n int) string {
 		if utf8.RuneCountInString(s) <= n {
 			return s
@@ -446,7 +447,7 @@ func (a *adminUI) showConfirm(w http.ResponseWriter, r *http.Request, action str
 // required, and at most dlq.MaxLimit letters are touched at once.
 func (a *adminUI) selection(ctx context.Context, form letterForm) (dlq.Filter, error) {
 	if form.Subscriber == "" {
-		return dlq.Filter{}, errors.New("Choose a subscriber first: replay and purge act on one subscriber's dead letters.")
+		return dlq.Filter{}, errors.New("choose a subscriber first: replay and purge act on one subscriber's dead letters")
 	}
 	now, err := a.now(ctx)
 	if err != nil {
