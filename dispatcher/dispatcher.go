@@ -233,6 +233,9 @@ func checkFilter(ctx context.Context, dbtx postbox.DBTX, filter string) error {
 	if strings.IndexByte(filter, 0) >= 0 {
 		return &postbox.ValidationError{Field: "filter", Reason: "contains a NUL byte"}
 	}
+	if v, ok := pathVariable(filter); ok {
+		return &postbox.ValidationError{Field: "filter", Reason: fmt.Sprintf("%q names the path variable %s, which nothing binds", filter, v)}
+	}
 	tx, ok := dbtx.(pgx.Tx)
 	if !ok {
 		return parseFilter(ctx, db.New(dbtx), filter)
@@ -253,6 +256,31 @@ func checkFilter(ctx context.Context, dbtx postbox.DBTX, filter string) error {
 		return fmt.Errorf("dispatcher: check filter: %w", err)
 	}
 	return nil
+}
+
+// pathVariable finds the first SQL/JSON path variable ($name or $"name")
+// in filter, outside string literals. Nothing binds one when the relay
+// evaluates a filter, so a filter that names one could never match.
+func pathVariable(filter string) (string, bool) {
+	inString := false
+	for i := 0; i < len(filter); i++ {
+		switch c := filter[i]; {
+		case inString && c == '\\':
+			i++
+		case c == '"':
+			inString = !inString
+		case !inString && c == '$' && i+1 < len(filter):
+			n := filter[i+1]
+			if n == '"' || n == '_' || n >= '0' && n <= '9' || n >= 'a' && n <= 'z' || n >= 'A' && n <= 'Z' || n >= 0x80 {
+				end := i + 2
+				for end < len(filter) && filter[end] != ' ' && filter[end] != ')' && filter[end] != '.' && filter[end] != '[' {
+					end++
+				}
+				return filter[i:end], true
+			}
+		}
+	}
+	return "", false
 }
 
 // parseFilter casts filter to jsonpath and turns a syntax error into a

@@ -375,3 +375,30 @@ func TestKeyHashIsWhatTheOutboxStores(t *testing.T) {
 		}
 	}
 }
+
+func TestSubscribeRefusesPathVariables(t *testing.T) {
+	pool := pgtest.Pool(t, 2)
+	for _, c := range []struct {
+		filter string
+		ok     bool
+	}{
+		{"$0", false},
+		{"$.total ? (@ > $limit)", false},
+		{`$"x y" == 1`, false},
+		{`$.a ? (@ == $_)`, false},
+		{`$.a == "$x"`, true},
+		{`$.a == "\"$x"`, true},
+		{`$.a[$.b] == 1`, true},
+		{`$ ? (@.a == 1)`, true},
+	} {
+		t.Run(c.filter, func(t *testing.T) {
+			err := dispatcher.Subscribe(t.Context(), pool, dispatcher.Subscription{Subscriber: "s", Topic: "t", Filter: c.filter})
+			if c.ok && err != nil {
+				t.Fatalf("Subscribe: %v", err)
+			}
+			if !c.ok && !errors.Is(err, postbox.ErrInvalid) {
+				t.Fatalf("Subscribe: %v, want ErrInvalid", err)
+			}
+		})
+	}
+}

@@ -41,6 +41,10 @@ func FuzzSubscribeFilter(f *testing.F) {
 		{strings.Repeat("(", 2000) + "$" + strings.Repeat(")", 2000), `{}`},
 		{"$.a", "not json"},
 		{"$.a", "\xff\xfe"},
+		{"$0", `{}`},
+		{"$.total ? (@ > $limit)", `{"total": 3}`},
+		{`$"x y"`, `{}`},
+		{`$.a == "$x \" $y"`, `{"a": "$x \" $y"}`},
 	} {
 		f.Add(c.filter, []byte(c.payload))
 	}

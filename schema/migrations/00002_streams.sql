@@ -466,9 +466,8 @@ AS $$
 #variable_conflict use_column
 DECLARE
     lock_key   constant integer := postbox.inbox_lock_key(p_subscriber);
-    any_parked constant boolean := EXISTS (SELECT 1 FROM postbox.parked k WHERE k.subscriber = p_subscriber);
-    any_dead   constant boolean := p_park_on_dead AND EXISTS (
-        SELECT 1 FROM postbox.dead_letters d WHERE d.subscriber = p_subscriber AND d.key IS NOT NULL);
+    any_parked boolean;
+    any_dead   boolean := false;
     parts      constant integer := postbox.order_partitions();
     wanted     integer := p_batch_size;
     got        integer;
@@ -488,6 +487,12 @@ BEGIN
             CONTINUE;
         END IF;
         got := 0;
+        -- Decided under the partition's lock, never before it: a batch that
+        -- parked (or dead-lettered) a delivery of this partition has
+        -- committed by now, and this statement's snapshot sees it.
+        any_parked := EXISTS (SELECT 1 FROM postbox.parked k WHERE k.subscriber = p_subscriber AND k.part = p);
+        any_dead := any_dead OR (p_park_on_dead AND EXISTS (
+            SELECT 1 FROM postbox.dead_letters d WHERE d.subscriber = p_subscriber AND d.key IS NOT NULL));
         IF any_parked THEN
             RETURN QUERY
             SELECT 'parked'::text, p, c_next, c_epoch, k.seq, k.message_id, k.key_hash, k.attempts,
@@ -769,6 +774,35 @@ CREATE TABLE postbox.routes (
     created_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT routes_pkey PRIMARY KEY (router, position)
 );
+
+-- A filter can never fail the relay statement: that would stop every relay
+-- at the row, and quarantine every message of the topic. Migration 1's
+-- version let a path variable ('$.total > $limit': 42704, no such variable)
+-- through; Subscribe and AddRoute now refuse those, and this version
+-- matches nothing for any error the evaluation raises. (A plpgsql OTHERS
+-- handler never catches a query cancel.)
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION postbox.payload_matches(payload bytea, filter jsonpath)
+RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    BEGIN
+        result := jsonb_path_query_first(convert_from(payload, 'UTF8')::jsonb, filter, '{}', true);
+    EXCEPTION WHEN OTHERS THEN
+        RETURN false;
+    END;
+    IF result IS NULL THEN
+        RETURN false;
+    END IF;
+    IF jsonb_typeof(result) = 'boolean' THEN
+        RETURN result = 'true'::jsonb;
+    END IF;
+    RETURN true;
+END
+$$;
+-- +goose StatementEnd
 
 ------------------------------------------------------------------------------
 -- Relaying.
@@ -1398,6 +1432,31 @@ END
 $$;
 -- +goose StatementEnd
 -- +goose Down
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION postbox.payload_matches(payload bytea, filter jsonpath)
+RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    doc    jsonb;
+    result jsonb;
+BEGIN
+    BEGIN
+        doc := convert_from(payload, 'UTF8')::jsonb;
+        result := jsonb_path_query_first(doc, filter, '{}', true);
+    EXCEPTION WHEN data_exception OR character_not_in_repertoire
+                OR untranslatable_character OR program_limit_exceeded THEN
+        RETURN false;
+    END;
+    IF result IS NULL THEN
+        RETURN false;
+    END IF;
+    IF jsonb_typeof(result) = 'boolean' THEN
+        RETURN result = 'true'::jsonb;
+    END IF;
+    RETURN true;
+END
+$$;
+-- +goose StatementEnd
 DROP TABLE postbox.routes;
 DROP FUNCTION postbox.release_scheduled(integer);
 DROP FUNCTION postbox.sink_claim(integer, bigint, integer);
