@@ -115,4 +115,3 @@ FROM generate_series(1, $2::integer) g`
 
 // sqlCountPending counts a subscriber's deliveries not yet handled.
 const sqlCountPending = `SELECT ready + waiting FROM postbox.queue_depths WHERE subscriber = $1`
-
