@@ -37,7 +37,8 @@ const (
 	HeaderCausationID   = "causation-id"
 	HeaderReplyTo       = "reply-to"
 	HeaderContentType   = "content-type"
-	HeaderTraceParent   = "traceparent"
+	HeaderTraceParent   = "traceparent" // W3C Trace Context
+	HeaderTraceState    = "tracestate"  // W3C Trace Context
 
 	// Set on dead letters.
 	HeaderRetryCount    = "x-retry-count"

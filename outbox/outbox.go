@@ -93,25 +93,9 @@ func (o Outbox) SendBatch(ctx context.Context, dbtx postbox.DBTX, msgs []*postbo
 }
 
 func (o Outbox) copy(ctx context.Context, dbtx postbox.DBTX, msgs []*postbox.Message, queue bool) error {
-	rows := make([]row, len(msgs))
-	seen := make(map[uuid.UUID]int, len(msgs))
-	var keyHashes []int32
-	for i, msg := range msgs {
-		row, err := o.prepare(ctx, msg, queue)
-		if err != nil {
-			return fmt.Errorf("outbox: message %d of %d: %w", i, len(msgs), err)
-		}
-		// The same ID twice in one batch is one message twice: almost
-		// certainly a reused *Message, and all but one copy would be dropped.
-		if j, dup := seen[msg.ID]; dup {
-			return fmt.Errorf("outbox: message %d of %d: %w", i, len(msgs), &postbox.ValidationError{
-				Field: "ID", Reason: fmt.Sprintf("%s is also message %d of the batch", msg.ID, j)})
-		}
-		seen[msg.ID] = i
-		rows[i] = row
-		if row.Key != nil {
-			keyHashes = append(keyHashes, row.KeyHash)
-		}
+	rows, keyHashes, err := o.prepareBatch(ctx, msgs, queue)
+	if err != nil {
+		return err
 	}
 	if len(keyHashes) > 0 {
 		// Per-key order, as for Publish: the keys' locks (sorted, in one
@@ -129,6 +113,32 @@ func (o Outbox) copy(ctx context.Context, dbtx postbox.DBTX, msgs []*postbox.Mes
 		return fmt.Errorf("outbox: copy wrote %d of %d messages", n, len(msgs))
 	}
 	return nil
+}
+
+// prepareBatch prepares every message of a batch before any is written and
+// returns their rows and the hashes of the keys among them.
+func (o Outbox) prepareBatch(ctx context.Context, msgs []*postbox.Message, queue bool) ([]row, []int32, error) {
+	rows := make([]row, len(msgs))
+	seen := make(map[uuid.UUID]int, len(msgs))
+	var keyHashes []int32
+	for i, msg := range msgs {
+		r, err := o.prepare(ctx, msg, queue)
+		if err != nil {
+			return nil, nil, fmt.Errorf("outbox: message %d of %d: %w", i, len(msgs), err)
+		}
+		// The same ID twice in one batch is one message twice: almost
+		// certainly a reused *Message, and all but one copy would be dropped.
+		if j, dup := seen[msg.ID]; dup {
+			return nil, nil, fmt.Errorf("outbox: message %d of %d: %w", i, len(msgs), &postbox.ValidationError{
+				Field: "ID", Reason: fmt.Sprintf("%s is also message %d of the batch", msg.ID, j)})
+		}
+		seen[msg.ID] = i
+		rows[i] = r
+		if r.Key != nil {
+			keyHashes = append(keyHashes, r.KeyHash)
+		}
+	}
+	return rows, keyHashes, nil
 }
 
 // row is the outbox row for one message.

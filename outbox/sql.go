@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
-
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/internal/db"
 )
@@ -115,32 +113,6 @@ func (o Outbox) insertManySQL(ctx context.Context, dbx SQLExecer, msgs []*postbo
 		}
 	}
 	return nil
-}
-
-// prepareBatch prepares every message of a batch before any is written and
-// returns their rows and the hashes of the keys among them.
-func (o Outbox) prepareBatch(ctx context.Context, msgs []*postbox.Message, queue bool) ([]row, []int32, error) {
-	rows := make([]row, len(msgs))
-	seen := make(map[uuid.UUID]int, len(msgs))
-	var keyHashes []int32
-	for i, msg := range msgs {
-		r, err := o.prepare(ctx, msg, queue)
-		if err != nil {
-			return nil, nil, fmt.Errorf("outbox: message %d of %d: %w", i, len(msgs), err)
-		}
-		// The same ID twice in one batch is one message twice: almost
-		// certainly a reused *Message, and all but one copy would be dropped.
-		if j, dup := seen[msg.ID]; dup {
-			return nil, nil, fmt.Errorf("outbox: message %d of %d: %w", i, len(msgs), &postbox.ValidationError{
-				Field: "ID", Reason: fmt.Sprintf("%s is also message %d of the batch", msg.ID, j)})
-		}
-		seen[msg.ID] = i
-		rows[i] = r
-		if r.Key != nil {
-			keyHashes = append(keyHashes, r.KeyHash)
-		}
-	}
-	return rows, keyHashes, nil
 }
 
 // sqlArgs are r's parameters for insertSQL, insertKeyedSQL and
