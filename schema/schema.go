@@ -1,13 +1,3 @@
-// Package schema migrates a PostgreSQL database to the postbox schema.
-//
-// The migrations are plain goose SQL files embedded in the binary (FS), so
-// users may also run them with their own tools. Every object lives in the
-// PostgreSQL schema "postbox"; goose records versions in the table
-// public.postbox_schema_version. Migrate takes a session advisory lock, so
-// several processes may migrate at once: one applies, the others wait and
-// then find nothing to do.
-//
-//	if err := schema.Migrate(ctx, pool); err != nil { ... }
 package schema
 
 import (
