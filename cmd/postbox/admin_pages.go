@@ -54,6 +54,9 @@ type overviewData struct {
 	Base  string
 	Cap   int
 	Relay *relayStatus
+	// Every is how often the page refreshes its figures, in seconds:
+	// ?every=N (1 to 60), default 5.
+	Every int
 }
 
 func (a *adminUI) readOverview(r *http.Request) (overviewData, error) {
@@ -75,6 +78,10 @@ func (a *adminUI) overview(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		a.failErr(w, r, err)
 		return
+	}
+	d.Every = 5
+	if n, err := strconv.Atoi(r.URL.Query().Get("every")); err == nil && n >= 1 && n <= 60 {
+		d.Every = n
 	}
 	a.render(w, http.StatusOK, "overview", page{Title: "Overview", Nav: "overview", Data: d})
 }

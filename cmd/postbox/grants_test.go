@@ -341,3 +341,28 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	_, err = operator.Exec(ctx, "UPDATE postbox.inbox_cursors SET next_seq = next_seq + 1")
 	refused(t, "operator moves a cursor", err)
 }
+
+func TestOperatorCommandsHelp(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"admin", "--help"}, []string{"usage: postbox admin", "--read-only", envAdminToken, "frame-ancestors"}},
+		{[]string{"doctor", "--help"}, []string{"usage: postbox doctor", "--xact-age", "--json", "--skip", "replication-slots"}},
+		{[]string{"grants", "--help"}, []string{"usage: postbox grants", "--apply", "--prefix"}},
+		{[]string{"relay", "--help"}, []string{"--stall-after", "--admin", "--admin-read-only"}},
+		{[]string{"stats", "--help"}, []string{"--cap", "estimated"}},
+		{[]string{"--help"}, []string{"admin", "doctor", "grants"}},
+	} {
+		res := run(t, nil, tc.args...)
+		if res.code != 0 || res.stderr != "" {
+			t.Errorf("postbox %s: exit %d, stderr %q", strings.Join(tc.args, " "), res.code, res.stderr)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(res.stdout, w) {
+				t.Errorf("postbox %s lacks %q", strings.Join(tc.args, " "), w)
+			}
+		}
+	}
+}

@@ -346,7 +346,22 @@ func TestAdminInABrowser(t *testing.T) {
 		return pgtest.Count(t, ctx, s.pool, "SELECT count(*) FROM postbox.processed WHERE subscriber = 'billing' AND message_id = $1",
 			s.created.ID) == 1
 	})
-	do("open the overview again", chromedp.Navigate(base+"/"), chromedp.WaitVisible(css(`#overview table`)))
+	// The overview refreshes its figures in place: a new name with a dead
+	// letter shows up without a reload.
+	do("open the overview again", chromedp.Navigate(base+"/?every=1"), chromedp.WaitVisible(css(`#overview table`)))
+	if _, err := chromedp.Run(b, chromedp.Evaluate[int]("window.postboxMarker = 7")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, `INSERT INTO postbox.dead_letters (subscriber, message_id, part, seq, key_hash, topic, payload,
+		created_at, last_error) VALUES ('refunds', gen_random_uuid(), 0, 1, 0, 'refunds', '{}', now(), 'no-route')`); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.WaitFor(t, ctx, 10*time.Second, "the overview to show refunds", func() bool {
+		return strings.Contains(text(`#overview`), "refunds")
+	})
+	if marker, err := chromedp.Run(b, chromedp.Evaluate[int]("window.postboxMarker || 0")); err != nil || marker != 7 {
+		t.Errorf("the page was reloaded to refresh (marker %d, %v)", marker, err)
+	}
 	if _, err := dlq.Get(ctx, s.pool, "billing", s.created.ID); !errors.Is(err, dlq.ErrNotFound) {
 		t.Errorf("the replayed letter is still dead: %v", err)
 	}

@@ -6,12 +6,13 @@
   "use strict";
   var figures = document.getElementById("overview");
   if (figures) {
+    var every = parseInt(figures.getAttribute("data-every"), 10) || 5;
     setInterval(function () {
       fetch(figures.getAttribute("data-refresh"), { credentials: "same-origin" })
         .then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.text(); })
         .then(function (html) { figures.innerHTML = html; }) // rendered and escaped by the server
         .catch(function () {});
-    }, 5000);
+    }, every * 1000);
   }
   var typed = document.querySelector("input[data-must-equal]");
   var submit = document.getElementById("submit");
