@@ -190,6 +190,29 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	}
 	_, err = relayer.Exec(ctx, "SELECT * FROM postbox.outbox_horizon('{}')")
 	must(t, "the relay role reads the outbox horizon", err)
+	// The Sink path: a message not yet due waits in postbox.scheduled, a
+	// due one goes to the sink.
+	must(t, "producer sends a delayed message", outbox.Send(ctx, producer, &postbox.Message{Topic: "work", Key: "later",
+		Payload: []byte(`{}`), DeliverAt: time.Now().Add(time.Hour)}))
+	must(t, "producer sends to the sink", outbox.Send(ctx, producer, &postbox.Message{Topic: "work", Key: "sunk", Payload: []byte(`{}`)}))
+	var sunk int
+	sinker, err := relay.New(relayer, relay.Config{Sink: dispatcher.SinkFunc(func(_ context.Context, batch []dispatcher.Envelope) error {
+		sunk += len(batch)
+		return nil
+	})})
+	must(t, "sink relay", err)
+	_, err = sinker.Drain(ctx)
+	must(t, "the relay role relays to a sink", err)
+	sinker.Chores(ctx)
+	var released int
+	must(t, "the relay role releases scheduled messages", relayer.QueryRow(ctx, "SELECT postbox.release_scheduled(10)").Scan(&released))
+	if sunk != 1 || pgtest.Count(t, ctx, r.admin, "SELECT count(*) FROM postbox.scheduled") != 1 {
+		t.Errorf("the sink took %d messages, want the due one; the other should wait in postbox.scheduled", sunk)
+	}
+	if st := sinker.Stats(); st.Errors != 0 {
+		t.Errorf("sink relay: %d errors", st.Errors)
+	}
+
 	j, err := inbox.NewJanitor(relayer, inbox.JanitorConfig{})
 	must(t, "janitor", err)
 	_, err = j.RunOnce(ctx)
