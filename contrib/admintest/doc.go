@@ -4,6 +4,6 @@
 //
 //	go test github.com/postbox-dev/postbox/contrib/admintest
 //
-// With POSTBOX_ADMIN_SCREENSHOTS=DIR the test writes its screenshots of the
-// main pages there (docs/admin.md shows them).
+// With POSTBOX_ADMIN_SCREENSHOTS=DIR (an absolute path) the test writes
+// its screenshots of the main pages there (docs/admin.md shows them).
 package admintest
