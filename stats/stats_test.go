@@ -176,7 +176,7 @@ func TestBlockedKeysShowTheFailingHead(t *testing.T) {
 	}
 	k := keys[0]
 	if k.Key != "stuck" || k.Attempts != 1 || !strings.Contains(k.LastError, "warehouse does not answer") ||
-		k.Parked != count(3) || k.BehindDeadLetter || k.LastErrorAt.IsZero() || time.Until(k.NextAttempt) < 10*time.Minute // an hour, with jitter {
+		k.Parked != count(3) || k.BehindDeadLetter || k.LastErrorAt.IsZero() || time.Until(k.NextAttempt) < 10*time.Minute { // an hour, with jitter
 		t.Errorf("blocked key = %+v", k)
 	}
 	if keys, err := stats.BlockedKeys(ctx, b.pool, "audit", 5); err != nil || len(keys) != 0 {
