@@ -5,7 +5,7 @@ import (
 	"io"
 	"strings"
 
-	"github.com/postbox-dev/postbox/bench"
+	"github.com/postbox-dev/postbox/internal/bench"
 )
 
 // bench hands everything after "bench" to package bench, which parses its

@@ -11,7 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/postbox-dev/postbox/bench"
+	"github.com/postbox-dev/postbox/internal/bench"
 	"github.com/postbox-dev/postbox/internal/pgtest"
 )
 

@@ -1,7 +1,7 @@
 // Command postbox-bench runs the postbox benchmark workloads, the same as
 // `postbox bench`, for measuring without the full binary:
 //
-//	go run ./bench/cmd/postbox-bench drain --n 100000
+//	go run ./internal/bench/cmd/postbox-bench drain --n 100000
 package main
 
 import (
@@ -11,7 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/postbox-dev/postbox/bench"
+	"github.com/postbox-dev/postbox/internal/bench"
 )
 
 func main() {
