@@ -215,10 +215,10 @@ func ResultID(aggregator, key string, createdAt time.Time) uuid.UUID {
 // does) and the consumer hands them over one at a time instead.
 func (a *Aggregator) Handle(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
 	key, partID := a.cfg.Key(d), a.cfg.PartID(d)
-	if err := checkKey("key", key); err != nil {
+	if err := checkKey("Config.Key", key); err != nil {
 		return postbox.Permanent(fmt.Errorf("aggregate %s: part %s: %w", a.cfg.Name, d.ID, err))
 	}
-	if err := checkKey("part ID", partID); err != nil {
+	if err := checkKey("Config.PartID", partID); err != nil {
 		return postbox.Permanent(fmt.Errorf("aggregate %s: part %s: %w", a.cfg.Name, d.ID, err))
 	}
 	q := aggdb.New(tx)
@@ -349,7 +349,7 @@ func (a *Aggregator) Open(ctx context.Context, db postbox.DBTX, key string, o Op
 		return err
 	}
 	if o.Expected < 0 {
-		return invalid("Expected", "%d is negative", o.Expected)
+		return invalid("OpenOptions.Expected", "%d is negative", o.Expected)
 	}
 	p := aggdb.OpenAggregateParams{Aggregator: a.cfg.Name, Key: key}
 	if o.Expected > 0 {

@@ -65,8 +65,11 @@ func ReplyID(request uuid.UUID, subscriber string) uuid.UUID {
 // postbox.Permanent(ErrNoReplyTo): return it from the handler, and the
 // request becomes a dead letter at once.
 func Reply(ctx context.Context, tx postbox.DBTX, d *inbox.Delivery, msg *postbox.Message) error {
-	if d == nil || msg == nil {
-		return &postbox.ValidationError{Field: "message", Reason: "nil request or reply"}
+	if d == nil {
+		return &postbox.ValidationError{Field: "d", Reason: "nil"}
+	}
+	if msg == nil {
+		return &postbox.ValidationError{Field: "msg", Reason: "nil"}
 	}
 	to := d.Headers[postbox.HeaderReplyTo]
 	if postbox.ValidateName("reply-to", to) != nil {
@@ -85,8 +88,5 @@ func Reply(ctx context.Context, tx postbox.DBTX, d *inbox.Delivery, msg *postbox
 	if msg.ID == uuid.Nil {
 		msg.ID = ReplyID(d.ID, d.Subscriber)
 	}
-	if err := outbox.Send(ctx, tx, msg); err != nil {
-		return fmt.Errorf("reqreply: reply to %s: %w", d.ID, err)
-	}
-	return nil
+	return outbox.Send(ctx, tx, msg)
 }

@@ -279,7 +279,7 @@ func (r *Requester) waitReady(ctx context.Context) error {
 // dead-lettered with ErrLateReply, and never to another Request.
 func (r *Requester) Request(ctx context.Context, msg *postbox.Message) (*inbox.Delivery, error) {
 	if msg == nil {
-		return nil, &postbox.ValidationError{Field: "message", Reason: "nil"}
+		return nil, &postbox.ValidationError{Field: "msg", Reason: "nil"}
 	}
 	timeout := r.cfg.Timeout
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
@@ -308,7 +308,7 @@ func (r *Requester) Request(ctx context.Context, msg *postbox.Message) (*inbox.D
 	r.mu.Unlock()
 	if err := outbox.Send(ctx, r.pool, msg); err != nil {
 		r.forget(corr)
-		return nil, fmt.Errorf("reqreply: request: %w", err)
+		return nil, err
 	}
 	select {
 	case d := <-ch:
@@ -350,7 +350,7 @@ func (r *Requester) forget(corr string) {
 // causation-id. Send waits until Run has declared the reply queue.
 func (r *Requester) Send(ctx context.Context, tx postbox.DBTX, msg *postbox.Message) error {
 	if msg == nil {
-		return &postbox.ValidationError{Field: "message", Reason: "nil"}
+		return &postbox.ValidationError{Field: "msg", Reason: "nil"}
 	}
 	if r.cfg.Handler == nil {
 		return &postbox.ValidationError{Field: "Config.Handler", Reason: "nil: Send's replies go to the Handler"}
@@ -362,10 +362,7 @@ func (r *Requester) Send(ctx context.Context, tx postbox.DBTX, msg *postbox.Mess
 	maps.Copy(h, msg.Headers)
 	h[postbox.HeaderReplyTo] = r.queue
 	msg.Headers = h
-	if err := outbox.Send(ctx, tx, msg); err != nil {
-		return fmt.Errorf("reqreply: send: %w", err)
-	}
-	return nil
+	return outbox.Send(ctx, tx, msg)
 }
 
 // handle is the reply queue's handler: a reply a Request waits for is

@@ -143,7 +143,7 @@ var requestNamespace = uuid.MustParse("4c1d8f2a-9b3e-4f7a-8d6c-1e2f3a4b5c6d")
 // for a topic) or at its timeout, with what came.
 func (s *ScatterGather) Scatter(ctx context.Context, tx postbox.DBTX, req *postbox.Message, to Recipients) (string, error) {
 	if req == nil {
-		return "", &postbox.ValidationError{Field: "message", Reason: "nil"}
+		return "", &postbox.ValidationError{Field: "req", Reason: "nil"}
 	}
 	if err := to.check(); err != nil {
 		return "", err
@@ -168,7 +168,7 @@ func (s *ScatterGather) Scatter(ctx context.Context, tx postbox.DBTX, req *postb
 		msg := *req
 		msg.Topic = to.Topic
 		if err := outbox.Publish(ctx, tx, &msg); err != nil {
-			return "", fmt.Errorf("scattergather: scatter to %s: %w", to.Topic, err)
+			return "", err
 		}
 	} else {
 		expect = len(to.Queues)
@@ -180,11 +180,11 @@ func (s *ScatterGather) Scatter(ctx context.Context, tx postbox.DBTX, req *postb
 			msgs[i] = &m
 		}
 		if err := outbox.SendBatch(ctx, tx, msgs); err != nil {
-			return "", fmt.Errorf("scattergather: scatter: %w", err)
+			return "", err
 		}
 	}
 	if err := s.agg.Open(ctx, tx, key, aggregate.OpenOptions{Expected: expect}); err != nil {
-		return "", fmt.Errorf("scattergather: open the gather: %w", err)
+		return "", err
 	}
 	return key, nil
 }
@@ -204,12 +204,13 @@ func (r Recipients) check() error {
 		return postbox.ValidateName("Recipients.Topic", r.Topic)
 	}
 	seen := map[string]bool{}
-	for _, q := range r.Queues {
-		if err := postbox.ValidateName("Recipients.Queues", q); err != nil {
+	for i, q := range r.Queues {
+		field := fmt.Sprintf("Recipients.Queues[%d]", i)
+		if err := postbox.ValidateName(field, q); err != nil {
 			return err
 		}
 		if seen[q] {
-			return &postbox.ValidationError{Field: "Recipients.Queues", Reason: fmt.Sprintf("%q twice", q)}
+			return &postbox.ValidationError{Field: field, Reason: fmt.Sprintf("%q twice", q)}
 		}
 		seen[q] = true
 	}

@@ -267,8 +267,8 @@ func TestRejects(t *testing.T) {
 	}{
 		{"none", scattergather.Recipients{}, "Recipients"},
 		{"both", scattergather.Recipients{Topic: "t", Queues: []string{"q"}}, "Recipients"},
-		{"bad queue", scattergather.Recipients{Queues: []string{"Q!"}}, "Recipients.Queues"},
-		{"a queue twice", scattergather.Recipients{Queues: []string{"a", "a"}}, "Recipients.Queues"},
+		{"bad queue", scattergather.Recipients{Queues: []string{"Q!"}}, "Recipients.Queues[0]"},
+		{"a queue twice", scattergather.Recipients{Queues: []string{"a", "a"}}, "Recipients.Queues[1]"},
 		{"bad topic", scattergather.Recipients{Topic: "a..b"}, "Recipients.Topic"},
 		{"negative expect", scattergather.Recipients{Topic: "t", Expect: -1}, "Recipients.Expect"},
 		{"expect for queues", scattergather.Recipients{Queues: []string{"a"}, Expect: 2}, "Recipients.Expect"},
