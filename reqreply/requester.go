@@ -169,7 +169,8 @@ func (r *Requester) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer owner.Close(context.Background())
+	// maintain may replace owner: close the one there is at the end.
+	defer func() { owner.Close(context.Background()) }()
 	consumer, err := inbox.NewConsumer(r.pool, inbox.Config{
 		Subscriber:   r.queue,
 		Handler:      inbox.HandlerFunc(r.handle),
