@@ -336,3 +336,31 @@ func mustJSON(t *testing.T, v any) []byte {
 	}
 	return b
 }
+
+// A Requester whose lock connection is cut takes the lock again on a new
+// one, and its queue stays declared and answered.
+func TestLockConnectionLost(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.startReplier(t)
+	r, _ := b.startRequester(t, b.pool, reqreply.Config{Name: "cut", SweepInterval: 20 * time.Millisecond})
+	if _, err := r.Request(b.ctx, &postbox.Message{Topic: echoQueue, Payload: mustJSON(t, echoRequest{N: 1})}); err != nil {
+		t.Fatal(err)
+	}
+	const holder = `SELECT coalesce((SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 1886352246
+		AND objid = hashtext($1)::oid AND granted), 0)`
+	first := b.count(t, holder, r.ReplyQueue())
+	if first == 0 {
+		t.Fatal("nobody holds the reply queue's lock")
+	}
+	if n := b.count(t, `SELECT count(*) FROM (SELECT pg_terminate_backend($1)) x`, first); n != 1 {
+		t.Fatal("terminate the lock's backend")
+	}
+	pgtest.WaitFor(t, b.ctx, 10*time.Second, "the lock taken again", func() bool {
+		pid := b.count(t, holder, r.ReplyQueue())
+		return pid != 0 && pid != first
+	})
+	if _, err := r.Request(b.ctx, &postbox.Message{Topic: echoQueue, Payload: mustJSON(t, echoRequest{N: 2})}); err != nil {
+		t.Fatalf("Request after the lock connection was cut: %v", err)
+	}
+}
