@@ -9,8 +9,14 @@ import (
 // returns for bad input: names, sizes, headers, filters.
 var ErrInvalid = errors.New("postbox: invalid input")
 
-// ValidationError says which field of the input is wrong and why.
+// ValidationError says which field of the input is wrong and why. Every
+// postbox package returns one, as it is (never wrapped), for bad input.
 type ValidationError struct {
+	// Field is the input's Go path as the caller wrote it: a struct field
+	// by its type (Message.Key, Message.Headers["trace"], Config.BatchSize,
+	// Subscription.Filter), an argument by its name (subscriber, limit), an
+	// element of a slice argument by the argument's name and index
+	// (msgs[3].Key).
 	Field  string
 	Reason string
 }

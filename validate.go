@@ -1,6 +1,7 @@
 package postbox
 
 import (
+	"fmt"
 	"regexp"
 	"strings"
 	"unicode/utf8"
@@ -64,8 +65,12 @@ func (l Limits) withDefaults() Limits {
 }
 
 // ValidateName checks a topic, queue or subscriber name against NamePattern.
-// field names the input in the error ("topic", "queue", "subscriber").
+// field is the input's Go path, named in the error (Message.Topic,
+// Config.Subscriber, subscriber).
 func ValidateName(field, name string) error {
+	if name == "" {
+		return invalid(field, "empty")
+	}
 	if len(name) > MaxNameLength {
 		return invalid(field, "%d characters, more than %d", len(name), MaxNameLength)
 	}
@@ -81,35 +86,37 @@ func ValidateName(field, name string) error {
 func (l Limits) Validate(m *Message) error {
 	l = l.withDefaults()
 	if len(m.Type) > maxTypeBytes {
-		return invalid("type", "%d bytes, more than %d", len(m.Type), maxTypeBytes)
+		return invalid("Message.Type", "%d bytes, more than %d", len(m.Type), maxTypeBytes)
 	}
-	if err := checkText("type", m.Type); err != nil {
+	if err := checkText("Message.Type", m.Type); err != nil {
 		return err
 	}
 	if len(m.Key) > l.MaxKeyBytes {
-		return invalid("key", "%d bytes, more than %d", len(m.Key), l.MaxKeyBytes)
+		return invalid("Message.Key", "%d bytes, more than %d", len(m.Key), l.MaxKeyBytes)
 	}
-	if err := checkText("key", m.Key); err != nil {
+	if err := checkText("Message.Key", m.Key); err != nil {
 		return err
 	}
 	if len(m.Payload) > l.MaxPayloadBytes {
-		return invalid("payload", "%d bytes, more than the limit of %d", len(m.Payload), l.MaxPayloadBytes)
+		return invalid("Message.Payload", "%d bytes, more than the limit of %d", len(m.Payload), l.MaxPayloadBytes)
 	}
 	if len(m.Headers) > l.MaxHeaders {
-		return invalid("headers", "%d headers, more than %d", len(m.Headers), l.MaxHeaders)
+		return invalid("Message.Headers", "%d headers, more than %d", len(m.Headers), l.MaxHeaders)
 	}
 	total := 0
 	for k, v := range m.Headers {
 		if !validHeaderName(k) {
-			return invalid("headers", "name %q does not match %s", k, headerNameRE)
+			return invalid("Message.Headers", "name %q does not match %s", k, headerNameRE)
 		}
-		if err := checkText("header "+k, v); err != nil {
-			return err
+		if why := textProblem(v); why != "" {
+			// The field is built only here: this loop runs for every
+			// header of every message published.
+			return invalid(fmt.Sprintf("Message.Headers[%q]", k), "%s", why)
 		}
 		total += len(k) + len(v)
 	}
 	if total > l.MaxHeaderBytes {
-		return invalid("headers", "%d bytes in all, more than %d", total, l.MaxHeaderBytes)
+		return invalid("Message.Headers", "%d bytes in all, more than %d", total, l.MaxHeaderBytes)
 	}
 	return nil
 }
@@ -162,11 +169,19 @@ func validHeaderName(s string) bool {
 
 // checkText rejects what PostgreSQL text and jsonb cannot hold.
 func checkText(field, s string) error {
-	if !utf8.ValidString(s) {
-		return invalid(field, "not valid UTF-8")
-	}
-	if strings.IndexByte(s, 0) >= 0 {
-		return invalid(field, "contains a NUL byte")
+	if why := textProblem(s); why != "" {
+		return invalid(field, "%s", why)
 	}
 	return nil
+}
+
+// textProblem says why PostgreSQL text and jsonb cannot hold s, or "".
+func textProblem(s string) string {
+	if !utf8.ValidString(s) {
+		return "not valid UTF-8"
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return "contains a NUL byte"
+	}
+	return ""
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/postbox-dev/postbox/aggregate/internal/aggdb"
 	"github.com/postbox-dev/postbox/inbox"
 	"github.com/postbox-dev/postbox/internal/headers"
+	"github.com/postbox-dev/postbox/internal/invalid"
 	"github.com/postbox-dev/postbox/outbox"
 )
 
@@ -113,23 +114,19 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	switch {
 	case c.Build == nil:
-		return c, invalid("Config.Build", "nil: it makes the aggregate message")
+		return c, invalid.Errorf("Config.Build", "nil: it makes the aggregate message")
 	case c.Count < 0:
-		return c, invalid("Config.Count", "%d is negative", c.Count)
+		return c, invalid.Errorf("Config.Count", "%d is negative", c.Count)
 	case c.Timeout < 0:
-		return c, invalid("Config.Timeout", "%s is negative", c.Timeout)
+		return c, invalid.Errorf("Config.Timeout", "%s is negative", c.Timeout)
 	case c.Count == 0 && c.Predicate == nil && c.Timeout == 0:
-		return c, invalid("Config.Count", "no completion rule: set Count, Predicate or Timeout")
+		return c, invalid.Errorf("Config.Count", "no completion rule: set Count, Predicate or Timeout")
 	case c.Retention < 0:
-		return c, invalid("Config.Retention", "%s is negative", c.Retention)
+		return c, invalid.Errorf("Config.Retention", "%s is negative", c.Retention)
 	case c.SweepInterval < 0:
-		return c, invalid("Config.SweepInterval", "%s is negative", c.SweepInterval)
+		return c, invalid.Errorf("Config.SweepInterval", "%s is negative", c.SweepInterval)
 	}
 	return c, nil
-}
-
-func invalid(field, format string, args ...any) error {
-	return &postbox.ValidationError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }
 
 // Aggregate is what Build and Predicate see: the parts of one key.
@@ -349,7 +346,7 @@ func (a *Aggregator) Open(ctx context.Context, db postbox.DBTX, key string, o Op
 		return err
 	}
 	if o.Expected < 0 {
-		return invalid("OpenOptions.Expected", "%d is negative", o.Expected)
+		return invalid.Errorf("OpenOptions.Expected", "%d is negative", o.Expected)
 	}
 	p := aggdb.OpenAggregateParams{Aggregator: a.cfg.Name, Key: key}
 	if o.Expected > 0 {
@@ -402,11 +399,11 @@ func (a *Aggregator) State(ctx context.Context, db postbox.DBTX, key string) (St
 func checkKey(field, s string) error {
 	switch {
 	case s == "":
-		return invalid(field, "empty")
+		return invalid.Errorf(field, "empty")
 	case len(s) > MaxKeyBytes:
-		return invalid(field, "%d bytes, more than %d", len(s), MaxKeyBytes)
+		return invalid.Errorf(field, "%d bytes, more than %d", len(s), MaxKeyBytes)
 	case !utf8.ValidString(s) || strings.IndexByte(s, 0) >= 0:
-		return invalid(field, "not valid UTF-8 text without NUL bytes")
+		return invalid.Errorf(field, "not valid UTF-8 text without NUL bytes")
 	}
 	return nil
 }

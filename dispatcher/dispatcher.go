@@ -14,6 +14,7 @@ import (
 
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/invalid"
 	"github.com/postbox-dev/postbox/internal/murmur2"
 )
 
@@ -97,17 +98,17 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	switch {
 	case o.Partitions < 1 || o.Partitions > 4096:
-		return o, &postbox.ValidationError{Field: "Partitions", Reason: fmt.Sprintf("%d, want 1 to 4096", o.Partitions)}
+		return o, invalid.Errorf("Options.Partitions", "%d, want 1 to 4096", o.Partitions)
 	case o.MaxAttempts < 1:
-		return o, &postbox.ValidationError{Field: "MaxAttempts", Reason: fmt.Sprintf("%d, want at least 1", o.MaxAttempts)}
+		return o, invalid.Errorf("Options.MaxAttempts", "%d, want at least 1", o.MaxAttempts)
 	case o.Retention < 0:
-		return o, &postbox.ValidationError{Field: "Retention", Reason: "negative"}
+		return o, invalid.Errorf("Options.Retention", "%s is negative", o.Retention)
 	case o.Backoff.Initial < 0 || o.Backoff.Max < o.Backoff.Initial:
-		return o, &postbox.ValidationError{Field: "Backoff", Reason: "want 0 <= Initial <= Max"}
+		return o, invalid.Errorf("Options.Backoff", "Initial %s, Max %s: want 0 <= Initial <= Max", o.Backoff.Initial, o.Backoff.Max)
 	case o.KeyOnDead != KeyProceeds && o.KeyOnDead != KeyParks:
-		return o, &postbox.ValidationError{Field: "KeyOnDead", Reason: fmt.Sprintf("%q, want %q or %q", o.KeyOnDead, KeyProceeds, KeyParks)}
+		return o, invalid.Errorf("Options.KeyOnDead", "%q, want %q or %q", o.KeyOnDead, KeyProceeds, KeyParks)
 	case o.Backoff.Multiplier < 1:
-		return o, &postbox.ValidationError{Field: "Backoff.Multiplier", Reason: "less than 1"}
+		return o, invalid.Errorf("Options.Backoff.Multiplier", "%g is less than 1", o.Backoff.Multiplier)
 	}
 	return o, nil
 }
@@ -150,11 +151,7 @@ func DeclareSubscriber(ctx context.Context, dbtx postbox.DBTX, name string, opts
 }
 
 func declare(ctx context.Context, dbtx postbox.DBTX, kind, name string, opts Options) error {
-	field := "subscriber"
-	if kind == KindQueue {
-		field = "queue"
-	}
-	if err := postbox.ValidateName(field, name); err != nil {
+	if err := postbox.ValidateName("name", name); err != nil {
 		return err
 	}
 	opts, err := opts.withDefaults()
@@ -185,17 +182,17 @@ func declare(ctx context.Context, dbtx postbox.DBTX, kind, name string, opts Opt
 // subscriber is declared with default settings if it does not exist. The
 // name, the pattern and the filter are checked before anything is written.
 func Subscribe(ctx context.Context, dbtx postbox.DBTX, s Subscription) error {
-	if err := postbox.ValidateName("subscriber", s.Subscriber); err != nil {
+	if err := postbox.ValidateName("Subscription.Subscriber", s.Subscriber); err != nil {
 		return err
 	}
-	re, err := PatternRegexp(s.Topic)
+	re, err := patternRegexp("Subscription.Topic", s.Topic)
 	if err != nil {
 		return err
 	}
 	q := db.New(dbtx)
 	var filter *string
 	if s.Filter != "" {
-		if err := checkFilter(ctx, dbtx, s.Filter); err != nil {
+		if err := checkFilter(ctx, dbtx, "Subscription.Filter", s.Filter); err != nil {
 			return err
 		}
 		filter = &s.Filter
@@ -226,19 +223,19 @@ func Subscribe(ctx context.Context, dbtx postbox.DBTX, s Subscription) error {
 // checkFilter parses the filter in the database, inside a savepoint when
 // dbtx is a transaction, so a malformed filter is a validation error and the
 // caller's transaction stays usable.
-func checkFilter(ctx context.Context, dbtx postbox.DBTX, filter string) error {
+func checkFilter(ctx context.Context, dbtx postbox.DBTX, field, filter string) error {
 	if len(filter) > 4096 {
-		return &postbox.ValidationError{Field: "filter", Reason: "longer than 4096 bytes"}
+		return invalid.Errorf(field, "%d bytes, more than 4096", len(filter))
 	}
 	if strings.IndexByte(filter, 0) >= 0 {
-		return &postbox.ValidationError{Field: "filter", Reason: "contains a NUL byte"}
+		return invalid.Errorf(field, "contains a NUL byte")
 	}
 	if v, ok := pathVariable(filter); ok {
-		return &postbox.ValidationError{Field: "filter", Reason: fmt.Sprintf("%q names the path variable %s, which nothing binds", filter, v)}
+		return invalid.Errorf(field, "%q names the path variable %s, which nothing binds", filter, v)
 	}
 	tx, ok := dbtx.(pgx.Tx)
 	if !ok {
-		return parseFilter(ctx, db.New(dbtx), filter)
+		return parseFilter(ctx, db.New(dbtx), field, filter)
 	}
 	// A failed statement aborts the whole transaction; a savepoint confines
 	// the failure to the check.
@@ -246,7 +243,7 @@ func checkFilter(ctx context.Context, dbtx postbox.DBTX, filter string) error {
 	if err != nil {
 		return fmt.Errorf("dispatcher: check filter: %w", err)
 	}
-	if err := parseFilter(ctx, db.New(sp), filter); err != nil {
+	if err := parseFilter(ctx, db.New(sp), field, filter); err != nil {
 		if rbErr := sp.Rollback(ctx); rbErr != nil {
 			return fmt.Errorf("dispatcher: check filter: %w", errors.Join(err, rbErr))
 		}
@@ -285,11 +282,11 @@ func pathVariable(filter string) (string, bool) {
 
 // parseFilter casts filter to jsonpath and turns a syntax error into a
 // validation error.
-func parseFilter(ctx context.Context, q *db.Queries, filter string) error {
+func parseFilter(ctx context.Context, q *db.Queries, field, filter string) error {
 	err := q.CheckJSONPath(ctx, filter)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && (pgErr.Code == "42601" || strings.HasPrefix(pgErr.Code, "22")) {
-		return &postbox.ValidationError{Field: "filter", Reason: fmt.Sprintf("%q is not a SQL/JSON path: %s", filter, pgErr.Message)}
+		return invalid.Errorf(field, "%q is not a SQL/JSON path: %s", filter, pgErr.Message)
 	}
 	if err != nil {
 		return fmt.Errorf("dispatcher: check filter: %w", err)
@@ -300,6 +297,12 @@ func parseFilter(ctx context.Context, q *db.Queries, filter string) error {
 // Unsubscribe removes the subscription (subscriber, topic). Deliveries
 // already in the inbox stay.
 func Unsubscribe(ctx context.Context, dbtx postbox.DBTX, subscriber, topic string) error {
+	if err := postbox.ValidateName("subscriber", subscriber); err != nil {
+		return err
+	}
+	if _, err := patternRegexp("topic", topic); err != nil {
+		return err
+	}
 	n, err := db.New(dbtx).DeleteSubscription(ctx, db.DeleteSubscriptionParams{Subscriber: subscriber, TopicPattern: topic})
 	if err != nil {
 		return fmt.Errorf("dispatcher: unsubscribe %q from %q: %w", subscriber, topic, err)
@@ -313,6 +316,9 @@ func Unsubscribe(ctx context.Context, dbtx postbox.DBTX, subscriber, topic strin
 // DropSubscriber removes a subscriber or queue and its subscriptions.
 // Deliveries already in the inbox stay until purged.
 func DropSubscriber(ctx context.Context, dbtx postbox.DBTX, name string) error {
+	if err := postbox.ValidateName("name", name); err != nil {
+		return err
+	}
 	n, err := db.New(dbtx).DeleteSubscriber(ctx, name)
 	if err != nil {
 		return fmt.Errorf("dispatcher: drop %q: %w", name, err)
@@ -325,6 +331,9 @@ func DropSubscriber(ctx context.Context, dbtx postbox.DBTX, name string) error {
 
 // GetSubscriber returns one subscriber's settings.
 func GetSubscriber(ctx context.Context, dbtx postbox.DBTX, name string) (Subscriber, error) {
+	if err := postbox.ValidateName("name", name); err != nil {
+		return Subscriber{}, err
+	}
 	row, err := db.New(dbtx).GetSubscriber(ctx, name)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Subscriber{}, fmt.Errorf("%w: subscriber %q", ErrNotFound, name)
@@ -404,8 +413,13 @@ var segmentRE = regexp.MustCompile(`^[a-z0-9_-]+$`)
 // topic with a leading dot ('.' || topic), which lets every segment carry its
 // own dot and '#' match zero segments.
 func PatternRegexp(pattern string) (string, error) {
+	return patternRegexp("pattern", pattern)
+}
+
+// patternRegexp is PatternRegexp naming the pattern field in its errors.
+func patternRegexp(field, pattern string) (string, error) {
 	if len(pattern) == 0 || len(pattern) > 200 {
-		return "", &postbox.ValidationError{Field: "topic", Reason: fmt.Sprintf("pattern %q must be 1 to 200 characters", pattern)}
+		return "", invalid.Errorf(field, "pattern %q must be 1 to 200 characters", pattern)
 	}
 	segs := strings.Split(pattern, ".")
 	wild := false
@@ -414,11 +428,11 @@ func PatternRegexp(pattern string) (string, error) {
 		case s == "*" || s == "#":
 			wild = true
 		case !segmentRE.MatchString(s):
-			return "", &postbox.ValidationError{Field: "topic", Reason: fmt.Sprintf("pattern %q: segment %q must be '*', '#' or match %s", pattern, s, segmentRE)}
+			return "", invalid.Errorf(field, "pattern %q: segment %q must be '*', '#' or match %s", pattern, s, segmentRE)
 		}
 	}
 	if !wild {
-		return "", postbox.ValidateName("topic", pattern)
+		return "", postbox.ValidateName(field, pattern)
 	}
 	var b strings.Builder
 	b.WriteString("^")

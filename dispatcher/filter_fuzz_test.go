@@ -14,7 +14,7 @@ import (
 // FuzzSubscribeFilter runs Subscribe's filter check against a real
 // PostgreSQL (a few hundred executions a second, not millions: the parser
 // is PostgreSQL's jsonpath). A filter is accepted or rejected as a
-// *postbox.ValidationError of field filter, never with another error, and
+// *postbox.ValidationError of field Subscription.Filter, never with another error, and
 // the caller's transaction stays usable either way. An accepted filter
 // never makes postbox.payload_matches fail, for any payload: that would
 // fail the relay statement at this row.
@@ -58,8 +58,8 @@ func FuzzSubscribeFilter(f *testing.F) {
 		err = dispatcher.Subscribe(ctx, tx, dispatcher.Subscription{Subscriber: "fuzz", Topic: "fuzz.t", Filter: filter})
 		if err != nil {
 			var ve *postbox.ValidationError
-			if !errors.As(err, &ve) || ve.Field != "filter" || !errors.Is(err, postbox.ErrInvalid) {
-				t.Fatalf("Subscribe with filter %q: %v; want nil or a *postbox.ValidationError of field filter", filter, err)
+			if !errors.As(err, &ve) || ve.Field != "Subscription.Filter" || !errors.Is(err, postbox.ErrInvalid) {
+				t.Fatalf("Subscribe with filter %q: %v; want nil or a *postbox.ValidationError of field Subscription.Filter", filter, err)
 			}
 			if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
 				t.Fatalf("the transaction is unusable after filter %q was rejected: %v", filter, err)

@@ -12,7 +12,7 @@ import (
 
 // FuzzPatternRegexp holds PatternRegexp to a reference written from the
 // documentation of Subscription.Topic: it accepts exactly the patterns the
-// reference accepts (errors are *postbox.ValidationError for "topic"), and
+// reference accepts (errors are *postbox.ValidationError for "pattern"), and
 // its expression matches a topic exactly when the reference matcher does.
 // Topics come from the fuzzer and from the pattern itself, its wildcards
 // filled in by the bits of shape, so that matches are common.
@@ -34,8 +34,8 @@ func FuzzPatternRegexp(f *testing.F) {
 		}
 		if err != nil {
 			var ve *postbox.ValidationError
-			if !errors.As(err, &ve) || ve.Field != "topic" || !errors.Is(err, postbox.ErrInvalid) {
-				t.Fatalf("PatternRegexp(%q) error = %#v, want a *postbox.ValidationError of field topic", pattern, err)
+			if !errors.As(err, &ve) || ve.Field != "pattern" || !errors.Is(err, postbox.ErrInvalid) {
+				t.Fatalf("PatternRegexp(%q) error = %#v, want a *postbox.ValidationError of field pattern", pattern, err)
 			}
 			return
 		}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/invalid"
 )
 
 // Route is a content-based routing rule. A message sent point-to-point
@@ -67,11 +68,7 @@ func AddRoute(ctx context.Context, dbtx postbox.DBTX, r Route) (Route, error) {
 	}
 	var predicate *string
 	if r.Predicate != "" {
-		if err := checkFilter(ctx, dbtx, r.Predicate); err != nil {
-			var ve *postbox.ValidationError
-			if errors.As(err, &ve) {
-				return Route{}, &postbox.ValidationError{Field: "predicate", Reason: ve.Reason}
-			}
+		if err := checkFilter(ctx, dbtx, "Route.Predicate", r.Predicate); err != nil {
 			return Route{}, err
 		}
 		predicate = &r.Predicate
@@ -109,21 +106,21 @@ func AddRoute(ctx context.Context, dbtx postbox.DBTX, r Route) (Route, error) {
 
 // check validates what can be checked without the database.
 func (r Route) check() error {
-	if err := postbox.ValidateName("router", r.Router); err != nil {
+	if err := postbox.ValidateName("Route.Router", r.Router); err != nil {
 		return err
 	}
-	if err := postbox.ValidateName("queue", r.Queue); err != nil {
+	if err := postbox.ValidateName("Route.Queue", r.Queue); err != nil {
 		return err
 	}
 	switch {
 	case r.Queue == r.Router:
-		return &postbox.ValidationError{Field: "queue", Reason: fmt.Sprintf("%q is the router itself", r.Queue)}
+		return invalid.Errorf("Route.Queue", "%q is the router itself", r.Queue)
 	case r.Position < 0 || r.Position > MaxRoutePosition:
-		return &postbox.ValidationError{Field: "position", Reason: fmt.Sprintf("%d, want 1 to %d (or 0 to append)", r.Position, MaxRoutePosition)}
+		return invalid.Errorf("Route.Position", "%d, want 1 to %d (or 0 to append)", r.Position, MaxRoutePosition)
 	case len(r.Type) > maxTypeBytes:
-		return &postbox.ValidationError{Field: "type", Reason: fmt.Sprintf("%d bytes, more than %d", len(r.Type), maxTypeBytes)}
+		return invalid.Errorf("Route.Type", "%d bytes, more than %d", len(r.Type), maxTypeBytes)
 	case !utf8.ValidString(r.Type) || strings.IndexByte(r.Type, 0) >= 0:
-		return &postbox.ValidationError{Field: "type", Reason: "not valid UTF-8 text without NUL bytes"}
+		return invalid.Errorf("Route.Type", "not valid UTF-8 text without NUL bytes")
 	}
 	return nil
 }
@@ -188,7 +185,7 @@ func RemoveRoute(ctx context.Context, dbtx postbox.DBTX, router string, position
 		return err
 	}
 	if position < 1 || position > MaxRoutePosition {
-		return &postbox.ValidationError{Field: "position", Reason: fmt.Sprintf("%d, want 1 to %d", position, MaxRoutePosition)}
+		return invalid.Errorf("position", "%d, want 1 to %d", position, MaxRoutePosition)
 	}
 	n, err := db.New(dbtx).DeleteRoute(ctx, db.DeleteRouteParams{Router: router, Position: int32(position)})
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/internal/db"
 	"github.com/postbox-dev/postbox/internal/headers"
+	"github.com/postbox-dev/postbox/internal/invalid"
 )
 
 // ErrNotFound is returned by Get when the subscriber has no dead letter with
@@ -95,7 +96,7 @@ type params struct {
 func (f Filter) check(needSubscriber bool) (params, error) {
 	var p params
 	if f.Subscriber != "" || needSubscriber {
-		if err := checkSubscriber(f.Subscriber); err != nil {
+		if err := checkSubscriber("Filter.Subscriber", f.Subscriber); err != nil {
 			return p, err
 		}
 		s := f.Subscriber
@@ -103,22 +104,22 @@ func (f Filter) check(needSubscriber bool) (params, error) {
 	}
 	switch {
 	case f.Limit < 0:
-		return p, invalid("limit", "%d is negative", f.Limit)
+		return p, invalid.Errorf("Filter.Limit", "%d is negative", f.Limit)
 	case f.Limit > MaxLimit:
-		return p, invalid("limit", "%d is more than %d", f.Limit, MaxLimit)
+		return p, invalid.Errorf("Filter.Limit", "%d is more than %d", f.Limit, MaxLimit)
 	case f.Limit == 0:
 		p.limit = DefaultLimit
 	default:
 		p.limit = int32(f.Limit)
 	}
 	if !f.Since.IsZero() && !f.Until.IsZero() && f.Since.After(f.Until) {
-		return p, invalid("since", "%s is after until %s",
+		return p, invalid.Errorf("Filter.Since", "%s is after Until %s",
 			f.Since.Format(time.RFC3339Nano), f.Until.Format(time.RFC3339Nano))
 	}
-	if err := checkText("type", f.Type); err != nil {
+	if err := checkText("Filter.Type", f.Type); err != nil {
 		return p, err
 	}
-	if err := checkText("error_contains", f.ErrorContains); err != nil {
+	if err := checkText("Filter.ErrorContains", f.ErrorContains); err != nil {
 		return p, err
 	}
 	if f.Type != "" {
@@ -147,27 +148,23 @@ func (f Filter) check(needSubscriber bool) (params, error) {
 var likeEscaper = strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
 
 // checkSubscriber accepts a subscriber name or Relay.
-func checkSubscriber(name string) error {
+func checkSubscriber(field, name string) error {
 	if name == Relay {
 		return nil
 	}
-	return postbox.ValidateName("subscriber", name)
+	return postbox.ValidateName(field, name)
 }
 
 func checkText(field, s string) error {
 	switch {
 	case len(s) > maxTextBytes:
-		return invalid(field, "%d bytes, more than %d", len(s), maxTextBytes)
+		return invalid.Errorf(field, "%d bytes, more than %d", len(s), maxTextBytes)
 	case !utf8.ValidString(s):
-		return invalid(field, "not valid UTF-8")
+		return invalid.Errorf(field, "not valid UTF-8")
 	case strings.IndexByte(s, 0) >= 0:
-		return invalid(field, "contains a NUL byte")
+		return invalid.Errorf(field, "contains a NUL byte")
 	}
 	return nil
-}
-
-func invalid(field, format string, args ...any) error {
-	return &postbox.ValidationError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }
 
 // List returns up to f.Limit dead letters matching f, oldest dead first.
@@ -175,7 +172,7 @@ func invalid(field, format string, args ...any) error {
 func List(ctx context.Context, dbtx postbox.DBTX, f Filter) ([]DeadLetter, error) {
 	p, err := f.check(false)
 	if err != nil {
-		return nil, fmt.Errorf("dlq: list: %w", err)
+		return nil, err
 	}
 	rows, err := db.New(dbtx).ListDeadLetters(ctx, db.ListDeadLettersParams{
 		Subscriber: p.subscriber,
@@ -203,8 +200,8 @@ func List(ctx context.Context, dbtx postbox.DBTX, f Filter) ([]DeadLetter, error
 // Get returns the subscriber's dead letter with message ID id, or an error
 // matching ErrNotFound.
 func Get(ctx context.Context, dbtx postbox.DBTX, subscriber string, id uuid.UUID) (DeadLetter, error) {
-	if err := checkSubscriber(subscriber); err != nil {
-		return DeadLetter{}, fmt.Errorf("dlq: get: %w", err)
+	if err := checkSubscriber("subscriber", subscriber); err != nil {
+		return DeadLetter{}, err
 	}
 	r, err := db.New(dbtx).GetDeadLetter(ctx, db.GetDeadLetterParams{Subscriber: subscriber, MessageID: id})
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -233,7 +230,7 @@ func Get(ctx context.Context, dbtx postbox.DBTX, subscriber string, id uuid.UUID
 func Replay(ctx context.Context, dbtx postbox.DBTX, f Filter) (int, error) {
 	p, err := f.check(true)
 	if err != nil {
-		return 0, fmt.Errorf("dlq: replay: %w", err)
+		return 0, err
 	}
 	n, err := db.New(dbtx).ReplayDeadLetters(ctx, db.ReplayDeadLettersParams(p.forFunction()))
 	if err != nil {
@@ -248,7 +245,7 @@ func Replay(ctx context.Context, dbtx postbox.DBTX, f Filter) (int, error) {
 func Purge(ctx context.Context, dbtx postbox.DBTX, f Filter) (int, error) {
 	p, err := f.check(true)
 	if err != nil {
-		return 0, fmt.Errorf("dlq: purge: %w", err)
+		return 0, err
 	}
 	n, err := db.New(dbtx).PurgeDeadLetters(ctx, db.PurgeDeadLettersParams(p.forFunction()))
 	if err != nil {
@@ -262,7 +259,7 @@ func Purge(ctx context.Context, dbtx postbox.DBTX, f Filter) (int, error) {
 func Count(ctx context.Context, dbtx postbox.DBTX, f Filter) (int, error) {
 	p, err := f.check(true)
 	if err != nil {
-		return 0, fmt.Errorf("dlq: count: %w", err)
+		return 0, err
 	}
 	n, err := db.New(dbtx).CountReplayable(ctx, db.CountReplayableParams(p.forFunction()))
 	if err != nil {
@@ -276,7 +273,7 @@ func Count(ctx context.Context, dbtx postbox.DBTX, f Filter) (int, error) {
 func CountPurge(ctx context.Context, dbtx postbox.DBTX, f Filter) (int, error) {
 	p, err := f.check(true)
 	if err != nil {
-		return 0, fmt.Errorf("dlq: count: %w", err)
+		return 0, err
 	}
 	n, err := db.New(dbtx).CountDeadLetters(ctx, db.CountDeadLettersParams(p.forFunction()))
 	if err != nil {

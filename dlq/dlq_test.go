@@ -700,17 +700,17 @@ func TestInvalidFilters(t *testing.T) {
 		listOK    bool // List accepts it (List allows an empty subscriber)
 		wantField string
 	}{
-		{"no subscriber", dlq.Filter{}, true, "subscriber"},
-		{"no subscriber, with a filter", dlq.Filter{ErrorContains: "e"}, true, "subscriber"},
-		{"subscriber not a name", dlq.Filter{Subscriber: "Inventory"}, false, "subscriber"},
-		{"subscriber with SQL", dlq.Filter{Subscriber: "x'; DELETE FROM postbox.dead_letters; --"}, false, "subscriber"},
-		{"reserved-looking name that is not dlq.Relay", dlq.Filter{Subscriber: "_outbox"}, false, "subscriber"},
-		{"negative limit", dlq.Filter{Subscriber: "inventory", Limit: -1}, false, "limit"},
-		{"limit too high", dlq.Filter{Subscriber: "inventory", Limit: dlq.MaxLimit + 1}, false, "limit"},
-		{"since after until", dlq.Filter{Subscriber: "inventory", Since: at(2), Until: at(1)}, false, "since"},
-		{"type with NUL", dlq.Filter{Subscriber: "inventory", Type: "a\x00b"}, false, "type"},
-		{"error not UTF-8", dlq.Filter{Subscriber: "inventory", ErrorContains: "\xff"}, false, "error_contains"},
-		{"error too long", dlq.Filter{Subscriber: "inventory", ErrorContains: strings.Repeat("e", 1025)}, false, "error_contains"},
+		{"no subscriber", dlq.Filter{}, true, "Filter.Subscriber"},
+		{"no subscriber, with a filter", dlq.Filter{ErrorContains: "e"}, true, "Filter.Subscriber"},
+		{"subscriber not a name", dlq.Filter{Subscriber: "Inventory"}, false, "Filter.Subscriber"},
+		{"subscriber with SQL", dlq.Filter{Subscriber: "x'; DELETE FROM postbox.dead_letters; --"}, false, "Filter.Subscriber"},
+		{"reserved-looking name that is not dlq.Relay", dlq.Filter{Subscriber: "_outbox"}, false, "Filter.Subscriber"},
+		{"negative limit", dlq.Filter{Subscriber: "inventory", Limit: -1}, false, "Filter.Limit"},
+		{"limit too high", dlq.Filter{Subscriber: "inventory", Limit: dlq.MaxLimit + 1}, false, "Filter.Limit"},
+		{"since after until", dlq.Filter{Subscriber: "inventory", Since: at(2), Until: at(1)}, false, "Filter.Since"},
+		{"type with NUL", dlq.Filter{Subscriber: "inventory", Type: "a\x00b"}, false, "Filter.Type"},
+		{"error not UTF-8", dlq.Filter{Subscriber: "inventory", ErrorContains: "\xff"}, false, "Filter.ErrorContains"},
+		{"error too long", dlq.Filter{Subscriber: "inventory", ErrorContains: strings.Repeat("e", 1025)}, false, "Filter.ErrorContains"},
 	}
 	for _, c := range cases {
 		calls := map[string]func() error{

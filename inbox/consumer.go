@@ -2,7 +2,6 @@ package inbox
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -11,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/postbox-dev/postbox"
+	"github.com/postbox-dev/postbox/internal/invalid"
 	"github.com/postbox-dev/postbox/internal/notify"
 )
 
@@ -125,27 +125,23 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	switch {
 	case c.Handler == nil && c.BatchHandler == nil:
-		return c, invalid("Config.Handler", "nil: set Handler or BatchHandler")
+		return c, invalid.Errorf("Config.Handler", "nil: set Handler or BatchHandler")
 	case c.Handler != nil && c.BatchHandler != nil:
-		return c, invalid("Config.BatchHandler", "set as well as Handler: set one of them")
+		return c, invalid.Errorf("Config.BatchHandler", "set as well as Handler: set one of them")
 	case c.BatchSize < 1 || c.BatchSize > maxBatchSize:
-		return c, invalid("Config.BatchSize", "%d, want 1 to %d", c.BatchSize, maxBatchSize)
+		return c, invalid.Errorf("Config.BatchSize", "%d, want 1 to %d", c.BatchSize, maxBatchSize)
 	case c.BatchBudget < 0:
-		return c, invalid("Config.BatchBudget", "%s is negative", c.BatchBudget)
+		return c, invalid.Errorf("Config.BatchBudget", "%s is negative", c.BatchBudget)
 	case c.Concurrency < 1 || c.Concurrency > maxConcurrency:
-		return c, invalid("Config.Concurrency", "%d, want 1 to %d", c.Concurrency, maxConcurrency)
+		return c, invalid.Errorf("Config.Concurrency", "%d, want 1 to %d", c.Concurrency, maxConcurrency)
 	case c.PollInterval < 0:
-		return c, invalid("Config.PollInterval", "%s is negative", c.PollInterval)
+		return c, invalid.Errorf("Config.PollInterval", "%s is negative", c.PollInterval)
 	case c.MaxPollInterval < c.PollInterval:
-		return c, invalid("Config.MaxPollInterval", "%s is less than PollInterval %s", c.MaxPollInterval, c.PollInterval)
+		return c, invalid.Errorf("Config.MaxPollInterval", "%s is less than PollInterval %s", c.MaxPollInterval, c.PollInterval)
 	case c.HandlerTimeout < 0:
-		return c, invalid("Config.HandlerTimeout", "%s is negative", c.HandlerTimeout)
+		return c, invalid.Errorf("Config.HandlerTimeout", "%s is negative", c.HandlerTimeout)
 	}
 	return c, nil
-}
-
-func invalid(field, format string, args ...any) error {
-	return &postbox.ValidationError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }
 
 // Stats are a consumer's counters since it was created.
@@ -185,7 +181,7 @@ type Consumer struct {
 // NewConsumer returns a consumer of cfg.Subscriber over pool.
 func NewConsumer(pool *pgxpool.Pool, cfg Config) (*Consumer, error) {
 	if pool == nil {
-		return nil, invalid("pool", "nil")
+		return nil, invalid.Nil("pool")
 	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {

@@ -2,7 +2,6 @@ package inbox
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -10,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/invalid"
 )
 
 // JanitorConfig configures a Janitor. Zero values mean the defaults.
@@ -33,8 +33,13 @@ type Janitor struct {
 
 // NewJanitor returns a janitor over pool.
 func NewJanitor(pool *pgxpool.Pool, cfg JanitorConfig) (*Janitor, error) {
-	if pool == nil {
-		return nil, errors.New("inbox: nil pool")
+	switch {
+	case pool == nil:
+		return nil, invalid.Nil("pool")
+	case cfg.Interval < 0:
+		return nil, invalid.Errorf("JanitorConfig.Interval", "%s is negative", cfg.Interval)
+	case cfg.BatchSize < 0:
+		return nil, invalid.Errorf("JanitorConfig.BatchSize", "%d is negative", cfg.BatchSize)
 	}
 	if cfg.Interval == 0 {
 		cfg.Interval = time.Minute

@@ -9,6 +9,7 @@ import (
 
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/invalid"
 )
 
 // TxBeginner starts transactions: *pgxpool.Pool, *pgx.Conn, and pgx.Tx
@@ -32,8 +33,13 @@ func HandleOnce(ctx context.Context, beginner TxBeginner, subscriber string, msg
 	if err := postbox.ValidateName("subscriber", subscriber); err != nil {
 		return false, err
 	}
-	if msg == nil || msg.ID == uuid.Nil {
-		return false, &postbox.ValidationError{Field: "message", Reason: "an outside message needs its sender's ID for deduplication"}
+	switch {
+	case msg == nil:
+		return false, invalid.Nil("msg")
+	case msg.ID == uuid.Nil:
+		return false, invalid.Errorf("Message.ID", "zero: an outside message needs its sender's ID for deduplication")
+	case h == nil:
+		return false, invalid.Nil("h")
 	}
 	tx, err := beginner.Begin(ctx)
 	if err != nil {

@@ -145,4 +145,3 @@ func TestClaimSeesAParkCommittedWhileItWaited(t *testing.T) {
 		}
 	}
 }
-

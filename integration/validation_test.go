@@ -41,73 +41,66 @@ func TestInvalidInputIsRejectedBeforeAnythingIsWritten(t *testing.T) {
 	}
 
 	cases := []struct {
-		name string
-		call func() error
+		name  string
+		field string // the *postbox.ValidationError's Field: the input's Go path
+		call  func() error
 	}{
-		{"upper-case topic", publish(msg(func(m *postbox.Message) { m.Topic = "Order.created" }))},
-		{"empty topic", publish(msg(func(m *postbox.Message) { m.Topic = "" }))},
-		{"topic with a space", publish(msg(func(m *postbox.Message) { m.Topic = "order created" }))},
-		{"topic with a wildcard", publish(msg(func(m *postbox.Message) { m.Topic = "order.*" }))},
-		{"topic too long", publish(msg(func(m *postbox.Message) { m.Topic = strings.Repeat("a", 201) }))},
-		{"topic with an empty segment", publish(msg(func(m *postbox.Message) { m.Topic = "order..created" }))},
-		{"topic ending in a dot", publish(msg(func(m *postbox.Message) { m.Topic = "order." }))},
-		{"queue name with an empty segment", func() error {
+		{"upper-case topic", "Message.Topic", publish(msg(func(m *postbox.Message) { m.Topic = "Order.created" }))},
+		{"empty topic", "Message.Topic", publish(msg(func(m *postbox.Message) { m.Topic = "" }))},
+		{"topic with a space", "Message.Topic", publish(msg(func(m *postbox.Message) { m.Topic = "order created" }))},
+		{"topic with a wildcard", "Message.Topic", publish(msg(func(m *postbox.Message) { m.Topic = "order.*" }))},
+		{"topic too long", "Message.Topic", publish(msg(func(m *postbox.Message) { m.Topic = strings.Repeat("a", 201) }))},
+		{"topic with an empty segment", "Message.Topic", publish(msg(func(m *postbox.Message) { m.Topic = "order..created" }))},
+		{"topic ending in a dot", "Message.Topic", publish(msg(func(m *postbox.Message) { m.Topic = "order." }))},
+		{"queue name with an empty segment", "Message.Topic", func() error {
 			return outbox.Send(ctx, pool, msg(func(m *postbox.Message) { m.Topic = "billing..eu" }))
 		}},
-		{"queue name with a slash", func() error {
+		{"queue name with a slash", "Message.Topic", func() error {
 			return outbox.Send(ctx, pool, msg(func(m *postbox.Message) { m.Topic = "billing/eu" }))
 		}},
-		{"payload over 1 MiB", publish(msg(func(m *postbox.Message) { m.Payload = make([]byte, postbox.DefaultMaxPayloadBytes+1) }))},
-		{"payload over a custom limit", func() error {
+		{"payload over 1 MiB", "Message.Payload", publish(msg(func(m *postbox.Message) { m.Payload = make([]byte, postbox.DefaultMaxPayloadBytes+1) }))},
+		{"payload over a custom limit", "Message.Payload", func() error {
 			return small.Publish(ctx, pool, msg(func(m *postbox.Message) { m.Payload = make([]byte, 101) }))
 		}},
-		{"send over a custom limit", func() error {
+		{"send over a custom limit", "Message.Payload", func() error {
 			return small.Send(ctx, pool, msg(func(m *postbox.Message) { m.Topic = "billing"; m.Payload = make([]byte, 101) }))
 		}},
-		{"65 headers", publish(msg(func(m *postbox.Message) { m.Headers = tooManyHeaders }))},
-		{"header name with a space", publish(msg(func(m *postbox.Message) { m.Headers = map[string]string{"bad name": "v"} }))},
-		{"header name with a colon", publish(msg(func(m *postbox.Message) { m.Headers = map[string]string{"x:y": "v"} }))},
-		{"empty header name", publish(msg(func(m *postbox.Message) { m.Headers = map[string]string{"": "v"} }))},
-		{"non-ASCII header name", publish(msg(func(m *postbox.Message) { m.Headers = map[string]string{"größe": "v"} }))},
-		{"NUL in key", publish(msg(func(m *postbox.Message) { m.Key = "order\x00-1" }))},
-		{"NUL in header value", publish(msg(func(m *postbox.Message) { m.Headers = map[string]string{"trace": "a\x00b"} }))},
-		{"invalid UTF-8 key", publish(msg(func(m *postbox.Message) { m.Key = "order-\xff" }))},
-		{"invalid UTF-8 type", publish(msg(func(m *postbox.Message) { m.Type = "order.\xc3\x28" }))},
-		{"invalid UTF-8 header value", publish(msg(func(m *postbox.Message) { m.Headers = map[string]string{"trace": "\xed\xa0\x80"} }))},
-		{"key too long", publish(msg(func(m *postbox.Message) { m.Key = strings.Repeat("k", postbox.DefaultMaxKeyBytes+1) }))},
-		{"nil message", publish(nil)},
-		{"batch with one bad message", func() error {
-			good := msg(func(*postbox.Message) {})
+		{"65 headers", "Message.Headers", publish(msg(func(m *postbox.Message) { m.Headers = tooManyHeaders }))},
+		{"header name with a space", "Message.Headers", publish(msg(func(m *postbox.Message) { m.Headers = map[string]string{"bad name": "v"} }))},
+		{"header name with a colon", "Message.Headers", publish(msg(func(m *postbox.Message) { m.Headers = map[string]string{"x:y": "v"} }))},
+		{"empty header name", "Message.Headers", publish(msg(func(m *postbox.Message) { m.Headers = map[string]string{"": "v"} }))},
+		{"non-ASCII header name", "Message.Headers", publish(msg(func(m *postbox.Message) { m.Headers = map[string]string{"größe": "v"} }))},
+		{"NUL in key", "Message.Key", publish(msg(func(m *postbox.Message) { m.Key = "order\x00-1" }))},
+		{"NUL in header value", `Message.Headers["trace"]`, publish(msg(func(m *postbox.Message) { m.Headers = map[string]string{"trace": "a\x00b"} }))},
+		{"invalid UTF-8 key", "Message.Key", publish(msg(func(m *postbox.Message) { m.Key = "order-\xff" }))},
+		{"invalid UTF-8 type", "Message.Type", publish(msg(func(m *postbox.Message) { m.Type = "order.\xc3\x28" }))},
+		{"invalid UTF-8 header value", `Message.Headers["trace"]`, publish(msg(func(m *postbox.Message) { m.Headers = map[string]string{"trace": "\xed\xa0\x80"} }))},
+		{"key too long", "Message.Key", publish(msg(func(m *postbox.Message) { m.Key = strings.Repeat("k", postbox.DefaultMaxKeyBytes+1) }))},
+		{"nil message", "msg", publish(nil)},
+		{"batch with one bad message", "msgs[2].Key", func() error {
+			good := func(*postbox.Message) {}
 			bad := msg(func(m *postbox.Message) { m.Key = "\xff" })
-			return outbox.PublishBatch(ctx, pool, []*postbox.Message{good, good, bad})
+			return outbox.PublishBatch(ctx, pool, []*postbox.Message{msg(good), msg(good), bad})
 		}},
-		{"malformed filter", subscribeTo(dispatcher.Subscription{Subscriber: "big-orders", Topic: "order.created", Filter: "$.a ? ("})},
-		{"filter that is not a path", subscribeTo(dispatcher.Subscription{Subscriber: "big-orders", Topic: "order.created", Filter: "totalAmount > 10"})},
-		{"pattern order.**", subscribeTo(dispatcher.Subscription{Subscriber: "audit", Topic: "order.**"})},
-		{"pattern Order", subscribeTo(dispatcher.Subscription{Subscriber: "audit", Topic: "Order"})},
-		{"pattern a..b", subscribeTo(dispatcher.Subscription{Subscriber: "audit", Topic: "a..b"})},
-		{"pattern with a trailing dot", subscribeTo(dispatcher.Subscription{Subscriber: "audit", Topic: "order."})},
-		{"pattern with a partial wildcard", subscribeTo(dispatcher.Subscription{Subscriber: "audit", Topic: "order.cre*"})},
-		{"empty pattern", subscribeTo(dispatcher.Subscription{Subscriber: "audit", Topic: ""})},
-		{"upper-case subscriber", subscribeTo(dispatcher.Subscription{Subscriber: "Audit", Topic: "order.created"})},
-		{"queue name with a space", func() error { return dispatcher.DeclareQueue(ctx, pool, "my queue", dispatcher.Options{}) }},
-		{"too many partitions", func() error {
+		{"malformed filter", "Subscription.Filter", subscribeTo(dispatcher.Subscription{Subscriber: "big-orders", Topic: "order.created", Filter: "$.a ? ("})},
+		{"filter that is not a path", "Subscription.Filter", subscribeTo(dispatcher.Subscription{Subscriber: "big-orders", Topic: "order.created", Filter: "totalAmount > 10"})},
+		{"pattern order.**", "Subscription.Topic", subscribeTo(dispatcher.Subscription{Subscriber: "audit", Topic: "order.**"})},
+		{"pattern Order", "Subscription.Topic", subscribeTo(dispatcher.Subscription{Subscriber: "audit", Topic: "Order"})},
+		{"pattern a..b", "Subscription.Topic", subscribeTo(dispatcher.Subscription{Subscriber: "audit", Topic: "a..b"})},
+		{"pattern with a trailing dot", "Subscription.Topic", subscribeTo(dispatcher.Subscription{Subscriber: "audit", Topic: "order."})},
+		{"pattern with a partial wildcard", "Subscription.Topic", subscribeTo(dispatcher.Subscription{Subscriber: "audit", Topic: "order.cre*"})},
+		{"empty pattern", "Subscription.Topic", subscribeTo(dispatcher.Subscription{Subscriber: "audit", Topic: ""})},
+		{"upper-case subscriber", "Subscription.Subscriber", subscribeTo(dispatcher.Subscription{Subscriber: "Audit", Topic: "order.created"})},
+		{"queue name with a space", "name", func() error { return dispatcher.DeclareQueue(ctx, pool, "my queue", dispatcher.Options{}) }},
+		{"too many partitions", "Options.Partitions", func() error {
 			return dispatcher.DeclareQueue(ctx, pool, "billing", dispatcher.Options{Partitions: 4097})
 		}},
-		{"multiplier below 1", func() error {
+		{"multiplier below 1", "Options.Backoff.Multiplier", func() error {
 			return dispatcher.DeclareSubscriber(ctx, pool, "audit", dispatcher.Options{Backoff: dispatcher.Backoff{Multiplier: 0.5}})
 		}},
 	}
 	for _, c := range cases {
-		err := c.call()
-		if !errors.Is(err, postbox.ErrInvalid) {
-			t.Errorf("%s: err = %v, want errors.Is(err, postbox.ErrInvalid)", c.name, err)
-			continue
-		}
-		var ve *postbox.ValidationError
-		if !errors.As(err, &ve) || ve.Field == "" {
-			t.Errorf("%s: err = %v, want a *postbox.ValidationError naming the field", c.name, err)
-		}
+		checkInvalid(t, c.name, c.call(), c.field)
 		if n := written(t, pool); n != "0/0/0" {
 			t.Fatalf("%s: outbox/subscriptions/subscribers rows = %s after the rejected call, want 0/0/0", c.name, n)
 		}
@@ -130,6 +123,24 @@ func TestInvalidInputIsRejectedBeforeAnythingIsWritten(t *testing.T) {
 	}
 	if n := written(t, pool); n != "2/0/0" {
 		t.Errorf("rows = %s, want 2/0/0", n)
+	}
+}
+
+// checkInvalid fails t unless err is a *postbox.ValidationError for field,
+// returned as it is (not wrapped), so its text carries one "postbox: "
+// prefix and errors.Is(err, postbox.ErrInvalid) holds.
+func checkInvalid(t *testing.T, name string, err error, field string) {
+	t.Helper()
+	ve, ok := err.(*postbox.ValidationError)
+	switch {
+	case !errors.Is(err, postbox.ErrInvalid):
+		t.Errorf("%s: err = %v, want errors.Is(err, postbox.ErrInvalid)", name, err)
+	case !ok:
+		t.Errorf("%s: err = %v (%T), want a *postbox.ValidationError as it is, not wrapped", name, err, err)
+	case ve.Field != field:
+		t.Errorf("%s: field %q (%v), want %q", name, ve.Field, err, field)
+	case !strings.HasPrefix(err.Error(), "postbox: invalid "+field+": ") || strings.Count(err.Error(), "postbox:") != 1:
+		t.Errorf("%s: %q, want one prefix: postbox: invalid %s: ...", name, err, field)
 	}
 }
 

@@ -77,6 +77,6 @@ func ExamplePublishSQL() {
 	fmt.Println("commit:", tx.Commit())
 	// Output:
 	// publish: <nil>
-	// send rejected, field: queue
+	// send rejected, field: Message.Topic
 	// commit: <nil>
 }

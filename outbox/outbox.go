@@ -2,7 +2,9 @@ package outbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -11,6 +13,7 @@ import (
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/internal/db"
 	"github.com/postbox-dev/postbox/internal/headers"
+	"github.com/postbox-dev/postbox/internal/invalid"
 	"github.com/postbox-dev/postbox/internal/murmur2"
 )
 
@@ -124,13 +127,12 @@ func (o Outbox) prepareBatch(ctx context.Context, msgs []*postbox.Message, queue
 	for i, msg := range msgs {
 		r, err := o.prepare(ctx, msg, queue)
 		if err != nil {
-			return nil, nil, fmt.Errorf("outbox: message %d of %d: %w", i, len(msgs), err)
+			return nil, nil, inBatch(err, i)
 		}
 		// The same ID twice in one batch is one message twice: almost
 		// certainly a reused *Message, and all but one copy would be dropped.
 		if j, dup := seen[msg.ID]; dup {
-			return nil, nil, fmt.Errorf("outbox: message %d of %d: %w", i, len(msgs), &postbox.ValidationError{
-				Field: "ID", Reason: fmt.Sprintf("%s is also message %d of the batch", msg.ID, j)})
+			return nil, nil, invalid.Errorf(fmt.Sprintf("msgs[%d].ID", i), "%s is also msgs[%d].ID", msg.ID, j)
 		}
 		seen[msg.ID] = i
 		rows[i] = r
@@ -139,6 +141,17 @@ func (o Outbox) prepareBatch(ctx context.Context, msgs []*postbox.Message, queue
 		}
 	}
 	return rows, keyHashes, nil
+}
+
+// inBatch names msgs[i] instead of Message (or msg) in a validation error
+// of the i-th message of a batch; other errors pass unchanged.
+func inBatch(err error, i int) error {
+	var ve *postbox.ValidationError
+	if !errors.As(err, &ve) {
+		return err
+	}
+	field := strings.TrimPrefix(strings.TrimPrefix(ve.Field, "Message"), "msg")
+	return &postbox.ValidationError{Field: fmt.Sprintf("msgs[%d]", i) + field, Reason: ve.Reason}
 }
 
 // row is the outbox row for one message.
@@ -158,13 +171,9 @@ type row struct {
 // builds its row.
 func (o Outbox) prepare(ctx context.Context, msg *postbox.Message, queue bool) (row, error) {
 	if msg == nil {
-		return row{}, &postbox.ValidationError{Field: "message", Reason: "nil"}
+		return row{}, invalid.Nil("msg")
 	}
-	field := "topic"
-	if queue {
-		field = "queue"
-	}
-	if err := postbox.ValidateName(field, msg.Topic); err != nil {
+	if err := postbox.ValidateName("Message.Topic", msg.Topic); err != nil {
 		return row{}, err
 	}
 	if err := o.Limits.Validate(msg); err != nil {

@@ -231,23 +231,23 @@ func TestSQLValidation(t *testing.T) {
 		write func(tx *sql.Tx) error
 		field string
 	}{
-		{"nil message", func(tx *sql.Tx) error { return outbox.PublishSQL(ctx, tx, nil) }, "message"},
+		{"nil message", func(tx *sql.Tx) error { return outbox.PublishSQL(ctx, tx, nil) }, "msg"},
 		{"bad topic", func(tx *sql.Tx) error {
 			return outbox.PublishSQL(ctx, tx, &postbox.Message{Topic: "Order Created"})
-		}, "topic"},
-		{"bad queue", func(tx *sql.Tx) error { return outbox.SendSQL(ctx, tx, &postbox.Message{Topic: ""}) }, "queue"},
+		}, "Message.Topic"},
+		{"bad queue", func(tx *sql.Tx) error { return outbox.SendSQL(ctx, tx, &postbox.Message{Topic: ""}) }, "Message.Topic"},
 		{"bad header", func(tx *sql.Tx) error {
 			return outbox.PublishSQL(ctx, tx, &postbox.Message{Topic: "a", Headers: map[string]string{"no spaces": "x"}})
-		}, "headers"},
+		}, "Message.Headers"},
 		{"payload over the limit", func(tx *sql.Tx) error {
 			return small.SendSQL(ctx, tx, &postbox.Message{Topic: "a", Payload: []byte("12345")})
-		}, "payload"},
+		}, "Message.Payload"},
 		{"batch with a bad message last", func(tx *sql.Tx) error {
 			return outbox.PublishBatchSQL(ctx, tx, []*postbox.Message{{Topic: "a"}, {Topic: "a", Key: "k"}, {Topic: "-a"}})
-		}, "topic"},
+		}, "msgs[2].Topic"},
 		{"batch with one message twice", func(tx *sql.Tx) error {
 			return outbox.SendBatchSQL(ctx, tx, []*postbox.Message{reused, {Topic: "b"}, reused})
-		}, "ID"},
+		}, "msgs[2].ID"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,9 +10,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/dispatcher"
 	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/invalid"
 	"github.com/postbox-dev/postbox/internal/notify"
 	"github.com/postbox-dev/postbox/internal/pgtext"
 )
@@ -72,8 +72,10 @@ const (
 	DefaultPollInterval    = 20 * time.Millisecond
 	DefaultMaxPollInterval = 5 * time.Second
 	DefaultSinkTimeout     = 30 * time.Second
-	maxBatchSize           = 100_000
 )
+
+// MaxBatchSize is the largest Config.BatchSize.
+const MaxBatchSize = 100_000
 
 // NotifyChannel is the channel the relay listens on when Config.Listen is set.
 const NotifyChannel = notify.OutboxChannel
@@ -102,22 +104,18 @@ func (c Config) withDefaults() (Config, error) {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	switch {
-	case c.BatchSize < 1 || c.BatchSize > maxBatchSize:
-		return c, invalid("Config.BatchSize", "%d, want 1 to %d", c.BatchSize, maxBatchSize)
+	case c.BatchSize < 1 || c.BatchSize > MaxBatchSize:
+		return c, invalid.Errorf("Config.BatchSize", "%d, want 1 to %d", c.BatchSize, MaxBatchSize)
 	case c.MaxBatchBytes < 1:
-		return c, invalid("Config.MaxBatchBytes", "%d, want at least 1", c.MaxBatchBytes)
+		return c, invalid.Errorf("Config.MaxBatchBytes", "%d, want at least 1", c.MaxBatchBytes)
 	case c.PollInterval < 0:
-		return c, invalid("Config.PollInterval", "%s is negative", c.PollInterval)
+		return c, invalid.Errorf("Config.PollInterval", "%s is negative", c.PollInterval)
 	case c.MaxPollInterval < c.PollInterval:
-		return c, invalid("Config.MaxPollInterval", "%s is less than PollInterval %s", c.MaxPollInterval, c.PollInterval)
+		return c, invalid.Errorf("Config.MaxPollInterval", "%s is less than PollInterval %s", c.MaxPollInterval, c.PollInterval)
 	case c.SinkTimeout < 0:
-		return c, invalid("Config.SinkTimeout", "%s is negative", c.SinkTimeout)
+		return c, invalid.Errorf("Config.SinkTimeout", "%s is negative", c.SinkTimeout)
 	}
 	return c, nil
-}
-
-func invalid(field, format string, args ...any) error {
-	return &postbox.ValidationError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }
 
 // Stats are a relay's counters since it was created.
@@ -167,7 +165,7 @@ type Relay struct {
 // New returns a relay over pool.
 func New(pool *pgxpool.Pool, cfg Config) (*Relay, error) {
 	if pool == nil {
-		return nil, invalid("pool", "nil")
+		return nil, invalid.Nil("pool")
 	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {

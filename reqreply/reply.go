@@ -10,6 +10,7 @@ import (
 
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/inbox"
+	"github.com/postbox-dev/postbox/internal/invalid"
 	"github.com/postbox-dev/postbox/outbox"
 )
 
@@ -66,10 +67,10 @@ func ReplyID(request uuid.UUID, subscriber string) uuid.UUID {
 // request becomes a dead letter at once.
 func Reply(ctx context.Context, tx postbox.DBTX, d *inbox.Delivery, msg *postbox.Message) error {
 	if d == nil {
-		return &postbox.ValidationError{Field: "d", Reason: "nil"}
+		return invalid.Nil("d")
 	}
 	if msg == nil {
-		return &postbox.ValidationError{Field: "msg", Reason: "nil"}
+		return invalid.Nil("msg")
 	}
 	to := d.Headers[postbox.HeaderReplyTo]
 	if postbox.ValidateName("reply-to", to) != nil {

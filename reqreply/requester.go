@@ -18,6 +18,7 @@ import (
 	"github.com/postbox-dev/postbox/dispatcher"
 	"github.com/postbox-dev/postbox/inbox"
 	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/invalid"
 	"github.com/postbox-dev/postbox/outbox"
 )
 
@@ -95,11 +96,11 @@ func (c Config) withDefaults() (Config, error) {
 	maxName := postbox.MaxNameLength - len(replyInfix) - 2*suffixBytes
 	switch {
 	case len(c.Name) > maxName:
-		return c, &postbox.ValidationError{Field: "Config.Name", Reason: fmt.Sprintf("%d characters, more than %d", len(c.Name), maxName)}
+		return c, invalid.Errorf("Config.Name", "%d characters, more than %d", len(c.Name), maxName)
 	case c.Timeout < 0:
-		return c, &postbox.ValidationError{Field: "Config.Timeout", Reason: "negative"}
+		return c, invalid.Errorf("Config.Timeout", "negative")
 	case c.Expiry < 0:
-		return c, &postbox.ValidationError{Field: "Config.Expiry", Reason: "negative"}
+		return c, invalid.Errorf("Config.Expiry", "negative")
 	}
 	if err := postbox.ValidateName("Config.Name", c.Name); err != nil {
 		return c, err
@@ -129,7 +130,7 @@ type Requester struct {
 // Run declares its reply queue.
 func NewRequester(pool *pgxpool.Pool, cfg Config) (*Requester, error) {
 	if pool == nil {
-		return nil, &postbox.ValidationError{Field: "pool", Reason: "nil"}
+		return nil, invalid.Nil("pool")
 	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -280,7 +281,7 @@ func (r *Requester) waitReady(ctx context.Context) error {
 // dead-lettered with ErrLateReply, and never to another Request.
 func (r *Requester) Request(ctx context.Context, msg *postbox.Message) (*inbox.Delivery, error) {
 	if msg == nil {
-		return nil, &postbox.ValidationError{Field: "msg", Reason: "nil"}
+		return nil, invalid.Nil("msg")
 	}
 	timeout := r.cfg.Timeout
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
@@ -351,10 +352,10 @@ func (r *Requester) forget(corr string) {
 // causation-id. Send waits until Run has declared the reply queue.
 func (r *Requester) Send(ctx context.Context, tx postbox.DBTX, msg *postbox.Message) error {
 	if msg == nil {
-		return &postbox.ValidationError{Field: "msg", Reason: "nil"}
+		return invalid.Nil("msg")
 	}
 	if r.cfg.Handler == nil {
-		return &postbox.ValidationError{Field: "Config.Handler", Reason: "nil: Send's replies go to the Handler"}
+		return invalid.Errorf("Config.Handler", "nil: Send's replies go to the Handler")
 	}
 	if err := r.waitReady(ctx); err != nil {
 		return err

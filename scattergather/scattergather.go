@@ -14,6 +14,7 @@ import (
 	"github.com/postbox-dev/postbox/aggregate"
 	"github.com/postbox-dev/postbox/dispatcher"
 	"github.com/postbox-dev/postbox/inbox"
+	"github.com/postbox-dev/postbox/internal/invalid"
 	"github.com/postbox-dev/postbox/outbox"
 	"github.com/postbox-dev/postbox/reqreply"
 )
@@ -65,7 +66,7 @@ func New(cfg Config) (*ScatterGather, error) {
 		cfg.Timeout = DefaultTimeout
 	}
 	if cfg.Timeout < 0 {
-		return nil, &postbox.ValidationError{Field: "Config.Timeout", Reason: "negative"}
+		return nil, invalid.Errorf("Config.Timeout", "negative")
 	}
 	if err := postbox.ValidateName("Config.Name", cfg.Name); err != nil {
 		return nil, err
@@ -143,7 +144,7 @@ var requestNamespace = uuid.MustParse("4c1d8f2a-9b3e-4f7a-8d6c-1e2f3a4b5c6d")
 // for a topic) or at its timeout, with what came.
 func (s *ScatterGather) Scatter(ctx context.Context, tx postbox.DBTX, req *postbox.Message, to Recipients) (string, error) {
 	if req == nil {
-		return "", &postbox.ValidationError{Field: "req", Reason: "nil"}
+		return "", invalid.Nil("req")
 	}
 	if err := to.check(); err != nil {
 		return "", err
@@ -192,13 +193,13 @@ func (s *ScatterGather) Scatter(ctx context.Context, tx postbox.DBTX, req *postb
 func (r Recipients) check() error {
 	switch {
 	case r.Topic != "" && len(r.Queues) > 0:
-		return &postbox.ValidationError{Field: "Recipients", Reason: "both a topic and queues: give one"}
+		return invalid.Errorf("Recipients", "both a topic and queues: give one")
 	case r.Topic == "" && len(r.Queues) == 0:
-		return &postbox.ValidationError{Field: "Recipients", Reason: "none: give a topic or queues"}
+		return invalid.Errorf("Recipients", "none: give a topic or queues")
 	case r.Expect < 0:
-		return &postbox.ValidationError{Field: "Recipients.Expect", Reason: "negative"}
+		return invalid.Errorf("Recipients.Expect", "negative")
 	case len(r.Queues) > 0 && r.Expect != 0 && r.Expect != len(r.Queues):
-		return &postbox.ValidationError{Field: "Recipients.Expect", Reason: "set for queues: it is len(Queues)"}
+		return invalid.Errorf("Recipients.Expect", "set for queues: it is len(Queues)")
 	}
 	if r.Topic != "" {
 		return postbox.ValidateName("Recipients.Topic", r.Topic)
@@ -210,7 +211,7 @@ func (r Recipients) check() error {
 			return err
 		}
 		if seen[q] {
-			return &postbox.ValidationError{Field: field, Reason: fmt.Sprintf("%q twice", q)}
+			return invalid.Errorf(field, "%q twice", q)
 		}
 		seen[q] = true
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/invalid"
 )
 
 // Undeclared is the Kind of a name that is not a declared subscriber but
@@ -57,16 +58,16 @@ type Options struct {
 
 func (o Options) withDefaults() (Options, error) {
 	if o.Cap < 0 {
-		return o, &postbox.ValidationError{Field: "Options.Cap", Reason: "negative"}
+		return o, invalid.Errorf("Options.Cap", "%d is negative", o.Cap)
 	}
 	if o.RateWindow < 0 {
-		return o, &postbox.ValidationError{Field: "Options.RateWindow", Reason: "negative"}
+		return o, invalid.Errorf("Options.RateWindow", "%s is negative", o.RateWindow)
 	}
 	if o.RateCap < 0 {
-		return o, &postbox.ValidationError{Field: "Options.RateCap", Reason: "negative"}
+		return o, invalid.Errorf("Options.RateCap", "%d is negative", o.RateCap)
 	}
 	if o.RateTimeout < 0 {
-		return o, &postbox.ValidationError{Field: "Options.RateTimeout", Reason: "negative"}
+		return o, invalid.Errorf("Options.RateTimeout", "%s is negative", o.RateTimeout)
 	}
 	if o.RateTimeout == 0 {
 		o.RateTimeout = DefaultRateTimeout
@@ -285,7 +286,7 @@ const (
 func (o Options) BlockedKeys(ctx context.Context, dbtx postbox.DBTX, subscriber string, limit int) ([]BlockedKey, error) {
 	switch {
 	case limit < 0 || limit > MaxBlockedKeys:
-		return nil, &postbox.ValidationError{Field: "limit", Reason: fmt.Sprintf("%d: want 0 to %d", limit, MaxBlockedKeys)}
+		return nil, invalid.Errorf("limit", "%d, want 0 to %d", limit, MaxBlockedKeys)
 	case limit == 0:
 		limit = DefaultBlockedKeys
 	}

@@ -42,8 +42,8 @@ func checkSubscriberFlag(f *flags, name string) error {
 	if name == dlq.Relay {
 		return nil
 	}
-	if err := postbox.ValidateName("subscriber", name); err != nil {
-		return f.usageErr("--subscriber: %v", err)
+	if err := postbox.ValidateName("--subscriber", name); err != nil {
+		return f.invalidErr(err)
 	}
 	return nil
 }

@@ -67,6 +67,12 @@ func (f *flags) usageErr(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...), usage: f.usage}
 }
 
+// invalidErr is a usage error carrying the library's validation error for
+// a flag's value, printed as it is, then this command's usage.
+func (f *flags) invalidErr(err error) error {
+	return &usageError{err: err, usage: f.usage}
+}
+
 // parse parses args and returns the positional arguments. --help prints the
 // usage on stdout and returns flag.ErrHelp.
 func (f *flags) parse(stdout io.Writer, args []string) ([]string, error) {

@@ -24,7 +24,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/postbox-dev/postbox"
@@ -100,7 +99,7 @@ func (c *cli) run(ctx context.Context, args []string) int {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.As(err, &ue):
-		fmt.Fprintf(c.stderr, "%s\n\n", message(ue.msg))
+		fmt.Fprintf(c.stderr, "%s\n\n", ue)
 		ue.usage(c.stderr)
 		return 2
 	case errors.As(err, new(errQuiet)):
@@ -108,10 +107,10 @@ func (c *cli) run(ctx context.Context, args []string) int {
 	case errors.Is(err, postbox.ErrInvalid):
 		// A value the library rejected (a name, a filter): still the
 		// caller's mistake.
-		fmt.Fprintln(c.stderr, message(err.Error()))
+		fmt.Fprintln(c.stderr, message(err))
 		return 2
 	default:
-		fmt.Fprintln(c.stderr, message(err.Error()))
+		fmt.Fprintln(c.stderr, message(err))
 		return 1
 	}
 }
@@ -138,20 +137,27 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 }
 
 // usageError is a command-line mistake: exit status 2, message and usage on
-// stderr.
+// stderr. err, when set, is the library's validation error for the value,
+// printed as it is; otherwise msg is the CLI's own.
 type usageError struct {
 	msg   string
+	err   error
 	usage func(io.Writer)
 }
 
-func (e *usageError) Error() string { return e.msg }
-
-// message prefixes an error message with "postbox: " once: the library's
-// validation errors carry the prefix already.
-func message(s string) string {
-	s = strings.ReplaceAll(s, ": postbox: ", ": ")
-	if !strings.HasPrefix(s, "postbox: ") {
-		s = "postbox: " + s
+func (e *usageError) Error() string {
+	if e.err != nil {
+		return e.err.Error()
 	}
-	return s
+	return "postbox: " + e.msg
+}
+
+// message is err as the binary prints it: the library's validation errors
+// carry "postbox: " already and are printed as they are; every other error
+// gets the prefix.
+func message(err error) string {
+	if _, ok := err.(*postbox.ValidationError); ok {
+		return err.Error()
+	}
+	return "postbox: " + err.Error()
 }

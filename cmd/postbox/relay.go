@@ -70,8 +70,8 @@ as "http listening addr=...", so ":0" picks a free port.`)
 	if err != nil {
 		return f.usageErr("--http: %v", err)
 	}
-	if *batchSize < 1 || *batchSize > 100_000 {
-		return f.usageErr("--batch-size %d: want 1 to 100000", *batchSize)
+	if *batchSize < 1 || *batchSize > relay.MaxBatchSize {
+		return f.usageErr("--batch-size %d: want 1 to %d", *batchSize, relay.MaxBatchSize)
 	}
 	if *poll <= 0 {
 		return f.usageErr("--poll-interval %s: want more than 0", *poll)

@@ -55,8 +55,8 @@ func checkRouterFlag(f *flags, router string) error {
 	if router == "" {
 		return f.usageErr("%s: --router is required", f.Name())
 	}
-	if err := postbox.ValidateName("router", router); err != nil {
-		return f.usageErr("--router: %v", err)
+	if err := postbox.ValidateName("--router", router); err != nil {
+		return f.invalidErr(err)
 	}
 	return nil
 }

@@ -39,7 +39,7 @@ its value ('$.total >= 10000'), any other path matches when it yields an item
 		return err
 	}
 	if _, err := dispatcher.PatternRegexp(*topic); err != nil {
-		return f.usageErr("--topic: %v", err)
+		return f.invalidErr(err)
 	}
 	if _, err := c.logger(f, g); err != nil {
 		return err
@@ -95,8 +95,8 @@ func requireNames(f *flags, subscriber, topic string) error {
 	case topic == "":
 		return f.usageErr("%s: --topic is required", f.Name())
 	}
-	if err := postbox.ValidateName("subscriber", subscriber); err != nil {
-		return f.usageErr("--subscriber: %v", err)
+	if err := postbox.ValidateName("--subscriber", subscriber); err != nil {
+		return f.invalidErr(err)
 	}
 	return nil
 }
@@ -235,8 +235,8 @@ A queue and a topic subscriber cannot share a name.`)
 		return f.usageErr("queue declare: want one queue NAME")
 	}
 	name := pos[0]
-	if err := postbox.ValidateName("queue", name); err != nil {
-		return f.usageErr("queue declare: %v", err)
+	if err := postbox.ValidateName("NAME", name); err != nil {
+		return f.invalidErr(err)
 	}
 	if *keyOnDead != dispatcher.KeyProceeds && *keyOnDead != dispatcher.KeyParks {
 		return f.usageErr("--key-on-dead %q: want %s or %s", *keyOnDead, dispatcher.KeyProceeds, dispatcher.KeyParks)

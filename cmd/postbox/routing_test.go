@@ -54,8 +54,8 @@ func TestRoutingCommands(t *testing.T) {
 	if res := run(t, []string{"POSTBOX_DATABASE_URL=" + url}, "subscribe", "--subscriber", "orders", "--topic", "x"); res.code != 1 || !strings.Contains(res.stderr, "is a queue") {
 		t.Errorf("subscribing a queue: exit %d, stderr %q; want 1 and a kind conflict", res.code, res.stderr)
 	}
-	if res := run(t, []string{"POSTBOX_DATABASE_URL=" + url}, "subscribe", "--subscriber", "x", "--topic", "x", "--filter", "$$ nope"); res.code != 2 || !strings.Contains(res.stderr, "invalid filter") {
-		t.Errorf("a malformed filter: exit %d, stderr %q; want 2 and invalid filter", res.code, res.stderr)
+	if res := run(t, []string{"POSTBOX_DATABASE_URL=" + url}, "subscribe", "--subscriber", "x", "--topic", "x", "--filter", "$$ nope"); res.code != 2 || !strings.Contains(res.stderr, "postbox: invalid Subscription.Filter") {
+		t.Errorf("a malformed filter: exit %d, stderr %q; want 2 and invalid Subscription.Filter", res.code, res.stderr)
 	}
 
 	var queues []struct {

@@ -31,18 +31,18 @@ func TestUsageMistakesExit2(t *testing.T) {
 		{[]string{"dlq", "frob"}, db, `unknown subcommand "frob"`},
 		{[]string{"dlq", "replay"}, db, "--subscriber is required"},
 		{[]string{"dlq", "purge", "--dry-run"}, db, "--subscriber is required"},
-		{[]string{"dlq", "replay", "--subscriber", "Bad Name"}, db, "invalid subscriber"},
+		{[]string{"dlq", "replay", "--subscriber", "Bad Name"}, db, "postbox: invalid --subscriber"},
 		{[]string{"dlq", "list", "--since", "banana"}, db, `--since "banana"`},
 		{[]string{"dlq", "list", "--id", "not-a-uuid"}, db, "not a message ID"},
 		{[]string{"dlq", "list", "--limit", "0"}, db, "--limit 0"},
 		{[]string{"dlq", "show"}, db, "give at least one message ID"},
 		{[]string{"subscribe", "--subscriber", "billing"}, db, "--topic is required"},
 		{[]string{"subscribe", "--topic", "order.created"}, db, "--subscriber is required"},
-		{[]string{"subscribe", "--subscriber", "billing", "--topic", "order..x"}, db, "invalid topic"},
+		{[]string{"subscribe", "--subscriber", "billing", "--topic", "order..x"}, db, "postbox: invalid pattern"},
 		{[]string{"unsubscribe", "--subscriber", "billing"}, db, "--topic is required"},
 		{[]string{"queue"}, db, "want a subcommand: declare"},
 		{[]string{"queue", "declare"}, db, "want one queue NAME"},
-		{[]string{"queue", "declare", "Orders!"}, db, "invalid queue"},
+		{[]string{"queue", "declare", "Orders!"}, db, "postbox: invalid NAME"},
 		{[]string{"bench"}, db, "name a workload"},
 	} {
 		res := run(t, tc.env, tc.args...)
@@ -52,6 +52,9 @@ func TestUsageMistakesExit2(t *testing.T) {
 		}
 		if !strings.Contains(res.stderr, tc.want) || !strings.Contains(res.stderr, "usage: postbox") {
 			t.Errorf("postbox %s: stderr lacks %q or a usage message:\n%s", strings.Join(tc.args, " "), tc.want, res.stderr)
+		}
+		if first, _, _ := strings.Cut(res.stderr, "\n"); !strings.HasPrefix(first, "postbox: ") || strings.Count(first, "postbox:") != 1 {
+			t.Errorf("postbox %s: first line %q, want one \"postbox: \" prefix", strings.Join(tc.args, " "), first)
 		}
 		if res.stdout != "" {
 			t.Errorf("postbox %s: wrote to stdout: %s", strings.Join(tc.args, " "), res.stdout)
