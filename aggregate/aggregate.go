@@ -14,8 +14,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/postbox-dev/postbox"
-	"github.com/postbox-dev/postbox/aggregate/internal/aggdb"
 	"github.com/postbox-dev/postbox/inbox"
+	"github.com/postbox-dev/postbox/internal/db"
 	"github.com/postbox-dev/postbox/internal/headers"
 	"github.com/postbox-dev/postbox/internal/invalid"
 	"github.com/postbox-dev/postbox/outbox"
@@ -178,8 +178,8 @@ type Aggregator struct {
 	cfg Config
 }
 
-// New returns an aggregator. It touches no database; its tables must
-// exist (EnsureSchema).
+// New returns an aggregator. It touches no database; its tables come with
+// schema.Migrate.
 func New(cfg Config) (*Aggregator, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -218,8 +218,8 @@ func (a *Aggregator) Handle(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) e
 	if err := checkKey("Config.PartID", partID); err != nil {
 		return postbox.Permanent(fmt.Errorf("aggregate %s: part %s: %w", a.cfg.Name, d.ID, err))
 	}
-	q := aggdb.New(tx)
-	st, err := q.LockAggregate(ctx, aggdb.LockAggregateParams{Aggregator: a.cfg.Name, Key: key,
+	q := db.New(tx)
+	st, err := q.LockAggregate(ctx, db.LockAggregateParams{Aggregator: a.cfg.Name, Key: key,
 		TimeoutMs: a.cfg.Timeout.Milliseconds()})
 	if err != nil {
 		return fmt.Errorf("aggregate %s: lock %q: %w", a.cfg.Name, key, err)
@@ -235,7 +235,7 @@ func (a *Aggregator) Handle(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) e
 	if d.Key != "" {
 		msgKey = &d.Key
 	}
-	added, err := q.AddPart(ctx, aggdb.AddPartParams{Aggregator: a.cfg.Name, Key: key, PartID: partID,
+	added, err := q.AddPart(ctx, db.AddPartParams{Aggregator: a.cfg.Name, Key: key, PartID: partID,
 		MessageID: d.ID, Topic: d.Topic, Type: d.Type, MessageKey: msgKey, Payload: orEmpty(d.Payload),
 		Headers: h, CreatedAt: createdAt(d)})
 	if err != nil {
@@ -265,8 +265,8 @@ func (a *Aggregator) Handle(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) e
 }
 
 // late handles a part of a completed aggregate.
-func (a *Aggregator) late(ctx context.Context, tx pgx.Tx, q *aggdb.Queries, key string, d *inbox.Delivery) error {
-	if err := q.CountLatePart(ctx, aggdb.CountLatePartParams{Aggregator: a.cfg.Name, Key: key}); err != nil {
+func (a *Aggregator) late(ctx context.Context, tx pgx.Tx, q *db.Queries, key string, d *inbox.Delivery) error {
+	if err := q.CountLatePart(ctx, db.CountLatePartParams{Aggregator: a.cfg.Name, Key: key}); err != nil {
 		return fmt.Errorf("aggregate %s: count a late part of %q: %w", a.cfg.Name, key, err)
 	}
 	if a.cfg.Late != nil {
@@ -275,8 +275,8 @@ func (a *Aggregator) late(ctx context.Context, tx pgx.Tx, q *aggdb.Queries, key 
 	return nil
 }
 
-func (a *Aggregator) loadParts(ctx context.Context, q *aggdb.Queries, agg *Aggregate) error {
-	rows, err := q.ListParts(ctx, aggdb.ListPartsParams{Aggregator: agg.Aggregator, Key: agg.Key})
+func (a *Aggregator) loadParts(ctx context.Context, q *db.Queries, agg *Aggregate) error {
+	rows, err := q.ListParts(ctx, db.ListPartsParams{Aggregator: agg.Aggregator, Key: agg.Key})
 	if err != nil {
 		return fmt.Errorf("aggregate %s: parts of %q: %w", agg.Aggregator, agg.Key, err)
 	}
@@ -319,7 +319,7 @@ func (a *Aggregator) complete(ctx context.Context, tx pgx.Tx, agg *Aggregate) er
 		}
 		result = &msg.ID
 	}
-	err = aggdb.New(tx).CompleteAggregate(ctx, aggdb.CompleteAggregateParams{TimedOut: agg.TimedOut,
+	err = db.New(tx).CompleteAggregate(ctx, db.CompleteAggregateParams{TimedOut: agg.TimedOut,
 		ResultID: result, Aggregator: agg.Aggregator, Key: agg.Key})
 	if err != nil {
 		return fmt.Errorf("aggregate %s: complete %q: %w", agg.Aggregator, agg.Key, err)
@@ -341,14 +341,14 @@ type OpenOptions struct {
 // (normally the transaction that sends the requests the parts answer), so
 // that it completes at its deadline even if no part ever comes. It returns
 // ErrExists when the key has an aggregate already.
-func (a *Aggregator) Open(ctx context.Context, db postbox.DBTX, key string, o OpenOptions) error {
+func (a *Aggregator) Open(ctx context.Context, dbtx postbox.DBTX, key string, o OpenOptions) error {
 	if err := checkKey("key", key); err != nil {
 		return err
 	}
 	if o.Expected < 0 {
 		return invalid.Errorf("OpenOptions.Expected", "%d is negative", o.Expected)
 	}
-	p := aggdb.OpenAggregateParams{Aggregator: a.cfg.Name, Key: key}
+	p := db.OpenAggregateParams{Aggregator: a.cfg.Name, Key: key}
 	if o.Expected > 0 {
 		n := int32(o.Expected)
 		p.Expected = &n
@@ -360,7 +360,7 @@ func (a *Aggregator) Open(ctx context.Context, db postbox.DBTX, key string, o Op
 		dl := time.Now().Add(a.cfg.Timeout)
 		p.Deadline = &dl
 	}
-	_, err := aggdb.New(db).OpenAggregate(ctx, p)
+	_, err := db.New(dbtx).OpenAggregate(ctx, p)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("%w: %s %q", ErrExists, a.cfg.Name, key)
 	}
@@ -371,8 +371,8 @@ func (a *Aggregator) Open(ctx context.Context, db postbox.DBTX, key string, o Op
 }
 
 // State returns the bookkeeping of the aggregate of key.
-func (a *Aggregator) State(ctx context.Context, db postbox.DBTX, key string) (State, error) {
-	r, err := aggdb.New(db).GetAggregate(ctx, aggdb.GetAggregateParams{Aggregator: a.cfg.Name, Key: key})
+func (a *Aggregator) State(ctx context.Context, dbtx postbox.DBTX, key string) (State, error) {
+	r, err := db.New(dbtx).GetAggregate(ctx, db.GetAggregateParams{Aggregator: a.cfg.Name, Key: key})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return State{}, fmt.Errorf("%w: %s %q", ErrNotFound, a.cfg.Name, key)
 	}

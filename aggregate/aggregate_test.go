@@ -76,10 +76,6 @@ func setup(t *testing.T) *bundle {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	pool := pgtest.Pool(t, 12)
-	// Until a numbered migration creates the tables.
-	if err := aggregate.EnsureSchema(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
 	fast := dispatcher.Options{Backoff: dispatcher.Backoff{Initial: 5 * time.Millisecond, Max: 20 * time.Millisecond}}
 	for _, q := range []string{partsQueue, resultsQueue} {
 		if err := dispatcher.DeclareQueue(ctx, pool, q, fast); err != nil {
@@ -417,10 +413,6 @@ func TestRejects(t *testing.T) {
 		Headers: map[string]string{postbox.HeaderCorrelationID: strings.Repeat("k", aggregate.MaxKeyBytes+1)}}}
 	if err := agg.Handle(b.ctx, tx, d); !postbox.IsPermanent(err) || !errors.Is(err, postbox.ErrInvalid) {
 		t.Errorf("a part with a key too long: %v, want a permanent validation error", err)
-	}
-	// EnsureSchema may run again.
-	if err := aggregate.EnsureSchema(b.ctx, b.pool); err != nil {
-		t.Errorf("EnsureSchema again: %v", err)
 	}
 	if _, err := agg.State(b.ctx, b.pool, "nope"); !errors.Is(err, aggregate.ErrNotFound) {
 		t.Errorf("State of an unknown key: %v", err)

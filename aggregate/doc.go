@@ -50,7 +50,6 @@
 // another, which PostgreSQL breaks by failing one of them (a retried
 // attempt).
 //
-// The state lives in postbox.aggregates and postbox.aggregate_parts (see
-// schema.sql). Until a numbered schema migration creates them, call
-// EnsureSchema once after schema.Migrate.
+// The state lives in postbox.aggregates and postbox.aggregate_parts
+// (schema migration 3, applied by schema.Migrate).
 package aggregate

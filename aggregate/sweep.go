@@ -7,9 +7,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/postbox-dev/postbox"
-	"github.com/postbox-dev/postbox/aggregate/internal/aggdb"
 	"github.com/postbox-dev/postbox/inbox"
+	"github.com/postbox-dev/postbox/internal/db"
 )
 
 // Sweep completes the aggregator's open aggregates whose deadline has
@@ -53,7 +52,7 @@ func (a *Aggregator) prune(ctx context.Context, beginner inbox.TxBeginner) error
 		if err != nil {
 			return fmt.Errorf("aggregate %s: prune: begin: %w", a.cfg.Name, err)
 		}
-		n, err := aggdb.New(tx).PruneAggregates(ctx, aggdb.PruneAggregatesParams{
+		n, err := db.New(tx).PruneAggregates(ctx, db.PruneAggregatesParams{
 			Aggregator: a.cfg.Name, RetentionMs: a.cfg.Retention.Milliseconds(), MaxRows: batch})
 		if err == nil {
 			err = tx.Commit(ctx)
@@ -77,8 +76,8 @@ func (a *Aggregator) sweepBatch(ctx context.Context, beginner inbox.TxBeginner) 
 		return 0, nil, fmt.Errorf("aggregate %s: sweep: begin: %w", a.cfg.Name, err)
 	}
 	defer tx.Rollback(ctx)
-	q := aggdb.New(tx)
-	due, err := q.DueAggregates(ctx, aggdb.DueAggregatesParams{Aggregator: a.cfg.Name, MaxRows: sweepBatch})
+	q := db.New(tx)
+	due, err := q.DueAggregates(ctx, db.DueAggregatesParams{Aggregator: a.cfg.Name, MaxRows: sweepBatch})
 	if err != nil {
 		return 0, nil, fmt.Errorf("aggregate %s: sweep: %w", a.cfg.Name, err)
 	}
@@ -99,7 +98,7 @@ func (a *Aggregator) sweepBatch(ctx context.Context, beginner inbox.TxBeginner) 
 		if err != nil {
 			return 0, nil, fmt.Errorf("aggregate %s: sweep: savepoint: %w", a.cfg.Name, err)
 		}
-		err = a.loadParts(ctx, aggdb.New(sp), agg)
+		err = a.loadParts(ctx, db.New(sp), agg)
 		if err == nil {
 			err = a.complete(ctx, sp, agg)
 		}
@@ -139,18 +138,4 @@ func (a *Aggregator) Run(ctx context.Context, beginner inbox.TxBeginner) error {
 		case <-t.C:
 		}
 	}
-}
-
-//go:embed schema.sql
-var schemaSQL string
-
-// EnsureSchema creates the aggregator's tables, postbox.aggregates and
-// postbox.aggregate_parts, if they do not exist. It is temporary: the
-// tables will come with a numbered schema migration (schema.Migrate), and
-// this function will go then.
-func EnsureSchema(ctx context.Context, db postbox.DBTX) error {
-	if _, err := db.Exec(ctx, schemaSQL); err != nil {
-		return fmt.Errorf("aggregate: create tables: %w", err)
-	}
-	return nil
 }

@@ -24,9 +24,9 @@ const (
 	KindTopic = "topic"
 )
 
-// ErrKindConflict is returned when a name is declared as a queue and as a
-// topic subscriber.
-var ErrKindConflict = errors.New("dispatcher: a subscriber of that name exists with the other kind")
+// ErrKindConflict is returned when a name would mean two things: a queue
+// and a topic subscriber, or a subscriber and a router.
+var ErrKindConflict = errors.New("dispatcher: name conflict")
 
 // ErrNotFound is returned for a subscriber or subscription that does not exist.
 var ErrNotFound = errors.New("dispatcher: not found")
@@ -158,7 +158,11 @@ func declare(ctx context.Context, dbtx postbox.DBTX, kind, name string, opts Opt
 	if err != nil {
 		return err
 	}
-	_, err = db.New(dbtx).DeclareSubscriber(ctx, db.DeclareSubscriberParams{
+	q := db.New(dbtx)
+	if err := notRouter(ctx, q, name); err != nil {
+		return err
+	}
+	_, err = q.DeclareSubscriber(ctx, db.DeclareSubscriberParams{
 		Name:              name,
 		Kind:              kind,
 		Partitions:        int32(opts.Partitions),
@@ -170,10 +174,24 @@ func declare(ctx context.Context, dbtx postbox.DBTX, kind, name string, opts Opt
 		KeyOnDead:         opts.KeyOnDead,
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("%w: %q", ErrKindConflict, name)
+		return fmt.Errorf("%w: %q exists and is not a %s", ErrKindConflict, name, kind)
 	}
 	if err != nil {
 		return fmt.Errorf("dispatcher: declare %s %q: %w", kind, name, err)
+	}
+	return nil
+}
+
+// notRouter refuses name when it has routing rules: the router's sends
+// would reach a subscriber of that name as well as the rules' queues.
+// (AddRoute refuses the other way round.)
+func notRouter(ctx context.Context, q *db.Queries, name string) error {
+	is, err := isRouter(ctx, q, name)
+	if err != nil {
+		return err
+	}
+	if is {
+		return fmt.Errorf("%w: %q is a router", ErrKindConflict, name)
 	}
 	return nil
 }
@@ -196,6 +214,9 @@ func Subscribe(ctx context.Context, dbtx postbox.DBTX, s Subscription) error {
 			return err
 		}
 		filter = &s.Filter
+	}
+	if err := notRouter(ctx, q, s.Subscriber); err != nil {
+		return err
 	}
 	kind, err := q.EnsureTopicSubscriber(ctx, s.Subscriber)
 	if err != nil {

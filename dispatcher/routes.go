@@ -146,10 +146,14 @@ func checkRouteNames(ctx context.Context, q *db.Queries, router, queue string) e
 
 // IsRouter reports whether name has routing rules. A queue or topic
 // subscriber must not take a router's name: AddRoute refuses a router named
-// like a subscriber, and declaring a subscriber should refuse a router's
-// name.
+// like a subscriber, and DeclareQueue, DeclareSubscriber and Subscribe
+// refuse a router's name (ErrKindConflict).
 func IsRouter(ctx context.Context, dbtx postbox.DBTX, name string) (bool, error) {
-	is, err := db.New(dbtx).IsRouter(ctx, name)
+	return isRouter(ctx, db.New(dbtx), name)
+}
+
+func isRouter(ctx context.Context, q *db.Queries, name string) (bool, error) {
+	is, err := q.IsRouter(ctx, name)
 	if err != nil {
 		return false, fmt.Errorf("dispatcher: is %q a router: %w", name, err)
 	}

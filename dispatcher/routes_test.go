@@ -272,3 +272,40 @@ func TestAddRouteRejects(t *testing.T) {
 		t.Errorf("RemoveRoute position 0: %v, want invalid", err)
 	}
 }
+
+// A router's name stays its own: declaring or subscribing a subscriber of
+// that name is a conflict. Its no-route letters replayed with dlq.Replay
+// go through its rules again, as with Reroute.
+func TestRouterNameAndReplay(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.Pool(t, 2)
+	if _, err := dispatcher.AddRoute(ctx, pool, dispatcher.Route{Router: "front", Queue: "work", Type: "job"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dispatcher.DeclareQueue(ctx, pool, "front", dispatcher.Options{}); !errors.Is(err, dispatcher.ErrKindConflict) {
+		t.Errorf("DeclareQueue with a router's name: %v, want ErrKindConflict", err)
+	}
+	if err := dispatcher.Subscribe(ctx, pool, dispatcher.Subscription{Subscriber: "front", Topic: "t"}); !errors.Is(err, dispatcher.ErrKindConflict) {
+		t.Errorf("Subscribe with a router's name: %v, want ErrKindConflict", err)
+	}
+	msg := &postbox.Message{Topic: "front", Type: "job", Payload: []byte(`{}`)}
+	if err := outbox.Send(ctx, pool, msg); err != nil {
+		t.Fatal(err)
+	}
+	if res := drainRelay(t, pool); res.NoRoute != 1 {
+		t.Fatalf("relay: %+v, want the send to the undeclared queue dead", res)
+	}
+	if err := dispatcher.DeclareQueue(ctx, pool, "work", dispatcher.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := dlq.Replay(ctx, pool, dlq.Filter{Subscriber: "front"}); err != nil || n != 1 {
+		t.Fatalf("dlq.Replay = %d, %v; want 1", n, err)
+	}
+	if res := drainRelay(t, pool); res.Delivered != 1 {
+		t.Errorf("relay after the replay: %+v, want 1 delivered", res)
+	}
+	if got := routed(t, pool, msg.ID); got != "work" {
+		t.Errorf("the replayed send went to %s, want work", got)
+	}
+}

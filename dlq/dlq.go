@@ -225,8 +225,8 @@ func Get(ctx context.Context, dbtx postbox.DBTX, subscriber string, id uuid.UUID
 // key keeps its order. A letter whose key has an earlier dead letter that f
 // leaves behind is not replayed (Count says how many will be). Replay runs
 // postbox.replay_dead_letters, so it does exactly what the SQL call does.
-// Through a transaction, the replay commits with it. Letters of Relay go
-// back into the outbox.
+// Through a transaction, the replay commits with it. Letters of Relay and
+// no-route letters go back into the outbox, for the relay to route anew.
 func Replay(ctx context.Context, dbtx postbox.DBTX, f Filter) (int, error) {
 	p, err := f.check(true)
 	if err != nil {

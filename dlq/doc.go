@@ -49,10 +49,11 @@
 //     postbox.ErrInvalid); ErrorContains is matched literally, never as a
 //     pattern, and no SQL is ever built from input.
 //
-// A replayed no-route letter becomes a pending delivery of the queue it was
-// sent to; declare that queue (dispatcher.DeclareQueue) before replaying it,
-// or it waits for a consumer that does not exist. A replayed letter of
-// Relay goes back into the outbox, to be relayed again.
+// A no-route letter (a send to an undeclared queue, or one no routing rule
+// of its router matched) and a letter of Relay never reached a stream:
+// replayed, they go back into the outbox as the messages they were, and
+// the relay routes them anew: to the queue declared since, through the
+// router's rules as they are now, or to the no-route letters again.
 //
 // # From SQL
 //

@@ -83,6 +83,11 @@ func TestSendToUndeclaredQueueBecomesNoRouteDeadLetter(t *testing.T) {
 	if n := pgtest.Count(t, ctx, pool, `SELECT postbox.replay_dead_letters('sms', error_like => 'no-route')`); n != 1 {
 		t.Fatalf("replayed %d, want 1", n)
 	}
+	// It never reached a stream: the replay puts it back into the outbox,
+	// and the relay routes it to the queue declared since.
+	if res := drain(t, ctx, pool); res.Delivered != 1 {
+		t.Errorf("relay after replay: %+v, want the message delivered", res)
+	}
 	if d := pgtest.Depths(t, ctx, pool, "sms"); d != (pgtest.Depth{Ready: 1}) {
 		t.Errorf("after replay sms has %+v, want the message ready and no dead letter", d)
 	}

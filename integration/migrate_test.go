@@ -235,7 +235,7 @@ func TestMigrateFromVersion1KeepsData(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 90*time.Second)
 	pool := pgtest.Pool(t, 8)
-	if err := schema.Down(ctx, pool); err != nil {
+	if err := schema.DownTo(ctx, pool, 1); err != nil {
 		t.Fatalf("Down to version 1: %v", err)
 	}
 	if n := pgtest.Count(t, ctx, pool, `SELECT max(version_id) FROM public.`+schema.VersionTable+` WHERE is_applied`); n != 1 {
@@ -395,7 +395,7 @@ func TestMigrateFromVersion1KeepsData(t *testing.T) {
 	checkV2("after up")
 
 	// Down to version 1 gives back what version 1 held.
-	if err := schema.Down(ctx, pool); err != nil {
+	if err := schema.DownTo(ctx, pool, 1); err != nil {
 		t.Fatalf("Down with data: %v", err)
 	}
 	if after := v1Snapshot(t, ctx, pool); after != before {

@@ -31,7 +31,4 @@
 // completion are late: counted and dropped, or handed to Config.Late.
 // The gathering state is in PostgreSQL, so any number of processes may
 // consume the reply queue and sweep.
-//
-// Until a numbered schema migration creates the aggregator's tables, call
-// aggregate.EnsureSchema once after schema.Migrate.
 package scattergather

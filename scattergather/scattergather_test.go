@@ -88,9 +88,6 @@ func setup(t *testing.T, timeout time.Duration) *bundle {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	pool := pgtest.Pool(t, 8)
-	if err := aggregate.EnsureSchema(ctx, pool); err != nil { // until a migration creates the tables
-		t.Fatal(err)
-	}
 	sg, err := scattergather.New(scattergather.Config{Name: "quotes", Timeout: timeout, Build: build, Deliver: outbox.Send})
 	if err != nil {
 		t.Fatal(err)

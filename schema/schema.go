@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/postbox-dev/postbox/internal/invalid"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
 )
@@ -49,6 +50,18 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 func Down(ctx context.Context, pool *pgxpool.Pool) error {
 	return withProvider(pool, func(p *goose.Provider) error {
 		_, err := p.Down(ctx)
+		return err
+	})
+}
+
+// DownTo rolls back every migration above version, newest first; DownTo 0
+// is Reset.
+func DownTo(ctx context.Context, pool *pgxpool.Pool, version int64) error {
+	if version < 0 {
+		return invalid.Errorf("version", "%d is negative", version)
+	}
+	return withProvider(pool, func(p *goose.Provider) error {
+		_, err := p.DownTo(ctx, version)
 		return err
 	})
 }

@@ -124,6 +124,15 @@ func TestDLQReplayHandsLettersBackToConsumers(t *testing.T) {
 		t.Fatalf("replaying payments touched refunds: %d dead, want 5", d)
 	}
 
+	// They never reached a stream: the replays put them back into the
+	// outbox, and the relay routes them to the queue declared since.
+	r, err := relay.New(pool, relay.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := r.Drain(ctx); err != nil || res.Delivered != len(payments) {
+		t.Fatalf("relay after replay: %+v, %v; want %d delivered", res, err, len(payments))
+	}
 	// A consumer now handles every replayed message, once.
 	var mu sync.Mutex
 	handled := map[uuid.UUID]string{}

@@ -130,10 +130,6 @@ func run(ctx context.Context, databaseURL string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("open pool: %w", err)
 	}
 	defer pool.Close()
-	// The aggregator's tables, until a numbered migration creates them.
-	if err := aggregate.EnsureSchema(ctx, pool); err != nil {
-		return err
-	}
 	if _, err := pool.Exec(ctx, tablesSQL); err != nil {
 		return fmt.Errorf("create the example's tables: %w", err)
 	}

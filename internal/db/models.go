@@ -25,6 +25,33 @@ type OutboxV1Bad struct {
 	DeliverAt *time.Time
 }
 
+type PostboxAggregate struct {
+	Aggregator  string
+	Key         string
+	Expected    *int32
+	Parts       int32
+	LateParts   int32
+	Deadline    *time.Time
+	CreatedAt   time.Time
+	CompletedAt *time.Time
+	TimedOut    bool
+	ResultID    *uuid.UUID
+}
+
+type PostboxAggregatePart struct {
+	Aggregator string
+	Key        string
+	PartID     string
+	MessageID  uuid.UUID
+	Topic      string
+	Type       string
+	MessageKey *string
+	Payload    []byte
+	Headers    []byte
+	CreatedAt  time.Time
+	ReceivedAt time.Time
+}
+
 type PostboxDeadLetter struct {
 	Subscriber  string
 	MessageID   uuid.UUID

@@ -134,38 +134,7 @@ func (q *Queries) PutRoute(ctx context.Context, arg PutRouteParams) (PutRouteRow
 }
 
 const RerouteDeadLetters = `-- name: RerouteDeadLetters :one
-WITH sel AS MATERIALIZED (
-    SELECT d.subscriber, d.message_id, d.key_hash, d.key
-    FROM postbox.dead_letters d
-    WHERE d.subscriber = $1::text AND d.last_error = 'no-route'
-      AND ($2::uuid[] IS NULL OR d.message_id = ANY ($2::uuid[]))
-    ORDER BY d.seq
-    FOR UPDATE OF d
-), locked AS MATERIALIZED (
-    SELECT count(pg_advisory_xact_lock(1886352245, k.key_hash)) AS n
-    FROM (SELECT DISTINCT s.key_hash FROM sel s WHERE s.key IS NOT NULL ORDER BY 1) k
-), taken AS (
-    DELETE FROM postbox.dead_letters d
-    USING sel
-    WHERE d.subscriber = sel.subscriber AND d.message_id = sel.message_id
-      AND (SELECT l.n FROM locked l) >= 0
-    RETURNING d.subscriber, d.message_id, d.part, d.seq, d.key_hash, d.attempts, d.replay_count, d.is_queue, d.topic, d.type, d.key, d.payload, d.headers, d.created_at, d.enqueued_at, d.last_error, d.last_error_at, d.dead_at
-), requeued AS (
-    INSERT INTO postbox.outbox (message_id, key_hash, is_queue, topic, type, key, payload, headers, created_at)
-    SELECT t.message_id, t.key_hash, true, t.topic, t.type, t.key, t.payload,
-           coalesce(t.headers, '{}'::jsonb) || jsonb_build_object(
-               'x-replayed-at', postbox.utc_text(now()),
-               'x-replay-count', (t.replay_count + 1)::text),
-           t.created_at
-    FROM taken t
-    ORDER BY t.seq
-    RETURNING 1
-), logged AS (
-    INSERT INTO postbox.replays (subscriber, message_id, attempts, last_error)
-    SELECT t.subscriber, t.message_id, t.attempts, t.last_error FROM taken t
-    RETURNING 1
-)
-SELECT count(*)::integer FROM requeued
+SELECT postbox.replay_dead_letters($1::text, $2::uuid[], 'no-route')::integer
 `
 
 type RerouteDeadLettersParams struct {
@@ -174,14 +143,9 @@ type RerouteDeadLettersParams struct {
 }
 
 // Sends a router's no-route dead letters (those with one of message_ids,
-// or all when it is NULL) through the router again: each goes back into
-// the outbox as the point-to-point send it was, so the relay evaluates the
-// rules anew, and is recorded in postbox.replays and stamped with
-// x-replayed-at and x-replay-count, as replay_dead_letters does. The keys'
-// producer locks are taken before the outbox ids are drawn (the lock CTE
-// is an InitPlan of the DELETE), so per key the resent messages keep the
-// order of outbox.Publish. Returns how many.
-// (logged runs to completion unread, as every data-modifying CTE does.)
+// or all when it is NULL) through the router again: replay_dead_letters
+// puts no-route letters back into the outbox as the sends they were, so
+// the relay evaluates the rules anew.
 func (q *Queries) RerouteDeadLetters(ctx context.Context, arg RerouteDeadLettersParams) (int32, error) {
 	row := q.db.QueryRow(ctx, RerouteDeadLetters, arg.Router, arg.MessageIds)
 	var column_1 int32

@@ -910,10 +910,10 @@ BEGIN
         ORDER BY u.id, u.subscriber
         RETURNING postbox.inbox.subscriber
     ), dropped AS (
-        INSERT INTO postbox.dead_letters (subscriber, message_id, part, seq, key_hash, topic, type, key,
-                                          payload, headers, created_at, last_error, last_error_at, dead_at)
+        INSERT INTO postbox.dead_letters (subscriber, message_id, part, seq, key_hash, is_queue, topic, type,
+                                          key, payload, headers, created_at, last_error, last_error_at, dead_at)
         SELECT m.topic, m.message_id, (m.key_hash % postbox.order_partitions())::smallint,
-               nextval('postbox.inbox_seq'), m.key_hash, m.topic, m.type, m.key, m.payload,
+               nextval('postbox.inbox_seq'), m.key_hash, true, m.topic, m.type, m.key, m.payload,
                postbox.dead_letter_headers(m.headers, 0, 'no-route'), m.created_at, 'no-route', now(), now()
         FROM moved m
         WHERE m.is_queue AND cardinality(m.subs) = 0
@@ -1165,7 +1165,10 @@ $$;
 -- attempts reset, behind any earlier parked message of their key and before
 -- its later ones: a key's messages keep their original order. Each is
 -- stamped with x-replayed-at and x-replay-count and recorded in
--- postbox.replays. Letters of '_relay' go back into the outbox instead.
+-- postbox.replays. Letters of '_relay' and no-route letters (a send to an
+-- undeclared queue or one no routing rule matched) never reached a stream:
+-- they go back into the outbox, under their keys' producer locks, so the
+-- relay routes them anew.
 -- Returns how many. Concurrent replays of the same letters are safe: a
 -- letter another replay took first is gone once its lock is released.
 --   SELECT postbox.replay_dead_letters('inventory');
@@ -1190,24 +1193,34 @@ BEGIN
     IF replay_dead_letters.subscriber IS NULL THEN
         RETURN 0; -- required: NULL replays nothing
     END IF;
-    WITH sel AS (
-        SELECT d.subscriber, d.message_id
+    WITH sel AS MATERIALIZED (
+        SELECT d.subscriber, d.message_id, d.key, d.key_hash,
+               (d.subscriber = '_relay' OR d.last_error = 'no-route') AS to_outbox
         FROM postbox.replayable_dead_letters(replay_dead_letters.subscriber, replay_dead_letters.message_ids,
                  replay_dead_letters.error_like, replay_dead_letters.type_name,
                  replay_dead_letters.dead_since, replay_dead_letters.dead_until,
                  replay_dead_letters.max_rows) d
+    ), locked AS MATERIALIZED (
+        -- The producers' per-key locks before the outbox ids are drawn (an
+        -- InitPlan of the DELETE), as outbox.Publish takes them.
+        SELECT count(pg_advisory_xact_lock(1886352245, k.key_hash)) AS n
+        FROM (SELECT DISTINCT s.key_hash FROM sel s WHERE s.to_outbox AND s.key IS NOT NULL ORDER BY 1) k
     ), taken AS (
         DELETE FROM postbox.dead_letters d
         USING sel
         WHERE d.subscriber = sel.subscriber AND d.message_id = sel.message_id
-        RETURNING d.*
+          AND (SELECT l.n FROM locked l) >= 0
+        RETURNING d.*, sel.to_outbox
     ), requeued AS (
         INSERT INTO postbox.outbox (message_id, key_hash, is_queue, topic, type, key, payload, headers,
                                     created_at)
-        SELECT t.message_id, t.key_hash, t.is_queue, t.topic, t.type, t.key, t.payload, t.headers,
+        SELECT t.message_id, t.key_hash, t.is_queue OR t.last_error = 'no-route', t.topic, t.type, t.key,
+               t.payload, coalesce(t.headers, '{}'::jsonb) || jsonb_build_object(
+                   'x-replayed-at', postbox.utc_text(now()),
+                   'x-replay-count', (t.replay_count + 1)::text),
                t.created_at
         FROM taken t
-        WHERE t.subscriber = '_relay'
+        WHERE t.to_outbox
         ORDER BY t.seq
         RETURNING 1
     ), parked AS (
@@ -1229,7 +1242,7 @@ BEGIN
                     ELSE 'infinity'::timestamptz END,
                t.created_at, t.enqueued_at, t.last_error, t.last_error_at
         FROM taken t
-        WHERE t.subscriber <> '_relay'
+        WHERE NOT t.to_outbox
         ORDER BY t.seq
         ON CONFLICT (subscriber, message_id) DO NOTHING
         RETURNING postbox.parked.key, postbox.parked.seq

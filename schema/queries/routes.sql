@@ -49,43 +49,7 @@ SELECT EXISTS (SELECT 1 FROM postbox.routes WHERE router = @name::text);
 
 -- name: RerouteDeadLetters :one
 -- Sends a router's no-route dead letters (those with one of message_ids,
--- or all when it is NULL) through the router again: each goes back into
--- the outbox as the point-to-point send it was, so the relay evaluates the
--- rules anew, and is recorded in postbox.replays and stamped with
--- x-replayed-at and x-replay-count, as replay_dead_letters does. The keys'
--- producer locks are taken before the outbox ids are drawn (the lock CTE
--- is an InitPlan of the DELETE), so per key the resent messages keep the
--- order of outbox.Publish. Returns how many.
-WITH sel AS MATERIALIZED (
-    SELECT d.subscriber, d.message_id, d.key_hash, d.key
-    FROM postbox.dead_letters d
-    WHERE d.subscriber = @router::text AND d.last_error = 'no-route'
-      AND (sqlc.narg(message_ids)::uuid[] IS NULL OR d.message_id = ANY (sqlc.narg(message_ids)::uuid[]))
-    ORDER BY d.seq
-    FOR UPDATE OF d
-), locked AS MATERIALIZED (
-    SELECT count(pg_advisory_xact_lock(1886352245, k.key_hash)) AS n
-    FROM (SELECT DISTINCT s.key_hash FROM sel s WHERE s.key IS NOT NULL ORDER BY 1) k
-), taken AS (
-    DELETE FROM postbox.dead_letters d
-    USING sel
-    WHERE d.subscriber = sel.subscriber AND d.message_id = sel.message_id
-      AND (SELECT l.n FROM locked l) >= 0
-    RETURNING d.*
-), requeued AS (
-    INSERT INTO postbox.outbox (message_id, key_hash, is_queue, topic, type, key, payload, headers, created_at)
-    SELECT t.message_id, t.key_hash, true, t.topic, t.type, t.key, t.payload,
-           coalesce(t.headers, '{}'::jsonb) || jsonb_build_object(
-               'x-replayed-at', postbox.utc_text(now()),
-               'x-replay-count', (t.replay_count + 1)::text),
-           t.created_at
-    FROM taken t
-    ORDER BY t.seq
-    RETURNING 1
-), logged AS (
-    INSERT INTO postbox.replays (subscriber, message_id, attempts, last_error)
-    SELECT t.subscriber, t.message_id, t.attempts, t.last_error FROM taken t
-    RETURNING 1
-)
--- (logged runs to completion unread, as every data-modifying CTE does.)
-SELECT count(*)::integer FROM requeued;
+-- or all when it is NULL) through the router again: replay_dead_letters
+-- puts no-route letters back into the outbox as the sends they were, so
+-- the relay evaluates the rules anew.
+SELECT postbox.replay_dead_letters(@router::text, sqlc.narg(message_ids)::uuid[], 'no-route')::integer;

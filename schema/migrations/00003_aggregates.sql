@@ -1,11 +1,6 @@
--- The aggregator's state (package aggregate). Not yet a migration: the
--- lead moves this into the next numbered goose migration, with
---   -- +goose Down
---   DROP TABLE postbox.aggregate_parts;
---   DROP TABLE postbox.aggregates;
--- and drops the IF NOT EXISTS (there so that aggregate.EnsureSchema may run
--- on a database that has the tables already). Until then EnsureSchema
--- executes this file.
+-- +goose Up
+-- The aggregator's state (package aggregate, and scattergather on top of
+-- it).
 
 -- One row per (aggregator, key): open while it collects parts, then kept as
 -- a tombstone for the aggregator's Retention, so that a part redelivered or
@@ -13,7 +8,7 @@
 -- aggregate anew. Handlers lock the row (ON CONFLICT DO UPDATE) for the
 -- length of their transaction, so the parts of one key are added one
 -- transaction at a time and the one that completes it is unique.
-CREATE TABLE IF NOT EXISTS postbox.aggregates (
+CREATE TABLE postbox.aggregates (
     aggregator   text        NOT NULL,
     key          text        NOT NULL,
     -- how many distinct parts complete it, when Open set it; NULL: the
@@ -35,10 +30,10 @@ CREATE TABLE IF NOT EXISTS postbox.aggregates (
     CONSTRAINT aggregates_key CHECK (octet_length(key) BETWEEN 1 AND 1024)
 );
 -- Sweep: the open aggregates past their deadline, earliest first.
-CREATE INDEX IF NOT EXISTS aggregates_due_idx ON postbox.aggregates (aggregator, deadline)
+CREATE INDEX aggregates_due_idx ON postbox.aggregates (aggregator, deadline)
     WHERE completed_at IS NULL AND deadline IS NOT NULL;
 -- Sweep: tombstones past the retention.
-CREATE INDEX IF NOT EXISTS aggregates_completed_idx ON postbox.aggregates (aggregator, completed_at)
+CREATE INDEX aggregates_completed_idx ON postbox.aggregates (aggregator, completed_at)
     WHERE completed_at IS NOT NULL;
 -- Every part updates its aggregate's row: vacuum early and often, and
 -- leave room for HOT updates.
@@ -48,7 +43,7 @@ ALTER TABLE postbox.aggregates SET (fillfactor = 70, autovacuum_vacuum_scale_fac
 -- The parts of the open aggregates, one row per distinct part (the
 -- aggregator's PartID: a redelivered or repeated part is stored once);
 -- deleted when their aggregate completes.
-CREATE TABLE IF NOT EXISTS postbox.aggregate_parts (
+CREATE TABLE postbox.aggregate_parts (
     aggregator  text        NOT NULL,
     key         text        NOT NULL,
     part_id     text        NOT NULL,
@@ -67,3 +62,7 @@ CREATE TABLE IF NOT EXISTS postbox.aggregate_parts (
 );
 ALTER TABLE postbox.aggregate_parts SET (autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_threshold = 1000, autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_cost_delay = 0);
+
+-- +goose Down
+DROP TABLE postbox.aggregate_parts;
+DROP TABLE postbox.aggregates;
