@@ -88,8 +88,8 @@ func (c *cli) adminAuth(addr string) (adminAuth, error) {
 	if a.user == "" {
 		a.user = "admin"
 	}
-	c.stderr.add(a.token)
-	c.stderr.add(a.password)
+	c.stderr.Add(a.token)
+	c.stderr.Add(a.password)
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return a, err

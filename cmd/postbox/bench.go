@@ -23,13 +23,10 @@ func (c *cli) bench(ctx context.Context, args []string) error {
 		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
 		hasURL = hasURL || strings.HasPrefix(a, "-") && name == "database-url"
 	}
-	// Every password in sight is registered already (cli.run); bench's
-	// usage prints $DATABASE_URL as a flag default, and its results go to
-	// stdout: both pass through the redactor.
+	// Every password in sight is registered already (cli.run); what bench
+	// prints to stdout passes through a redactor with the same secrets.
 	if url := c.getenv("POSTBOX_DATABASE_URL"); !hasURL && url != "" && len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		args = append([]string{args[0], "--database-url=" + url}, args[1:]...)
 	}
-	stdout := newRedactor(c.stdout)
-	stdout.secrets = c.stderr.snapshot()
-	return bench.Run(ctx, args, stdout, c.stderr)
+	return bench.Run(ctx, args, c.stderr.To(c.stdout), c.stderr)
 }

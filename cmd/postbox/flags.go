@@ -2,17 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
-	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -165,14 +160,14 @@ func (c *cli) open(ctx context.Context, f *flags, g *common, opts poolOptions) (
 	if err != nil {
 		return nil, err
 	}
-	c.stderr.addURL(dsn)
+	c.stderr.AddURL(dsn)
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		// pgconn's parse errors already hide the password; the redactor
 		// catches what it can recognise besides.
 		return nil, fmt.Errorf("database url: %w", err)
 	}
-	c.stderr.add(cfg.ConnConfig.Password)
+	c.stderr.Add(cfg.ConnConfig.Password)
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok && opts.app != "" {
 		cfg.ConnConfig.RuntimeParams["application_name"] = opts.app
 	}
@@ -193,69 +188,6 @@ func (c *cli) open(ctx context.Context, f *flags, g *common, opts poolOptions) (
 		return nil, fmt.Errorf("connect to database: %w", err)
 	}
 	return pool, nil
-}
-
-// redactor writes to w with every registered secret replaced by "xxxxx".
-// Each Write is redacted whole; slog and fmt write a record or a message per
-// call, so a secret is never split across writes.
-type redactor struct {
-	mu      sync.Mutex
-	w       io.Writer
-	secrets []string
-}
-
-func newRedactor(w io.Writer) *redactor { return &redactor{w: w} }
-
-// add registers a secret, also in the forms output may carry it in:
-// URL-escaped, Go-quoted (flag defaults are printed with %q) and
-// JSON-escaped (JSON logs).
-func (r *redactor) add(secret string) {
-	if secret == "" {
-		return
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	quoted := strconv.Quote(secret)
-	js, _ := json.Marshal(secret)
-	for _, s := range []string{secret, url.QueryEscape(secret), url.PathEscape(secret),
-		quoted[1 : len(quoted)-1], string(js[1 : len(js)-1])} {
-		if s != "" && !slices.Contains(r.secrets, s) {
-			r.secrets = append(r.secrets, s)
-		}
-	}
-	// Longest first, so that a secret containing another is replaced whole.
-	slices.SortFunc(r.secrets, func(a, b string) int { return len(b) - len(a) })
-}
-
-// addURL registers the passwords of a connection string in every form
-// (see connPasswords), even one pgx would reject.
-func (r *redactor) addURL(dsn string) {
-	for _, p := range connPasswords(dsn) {
-		r.add(p)
-	}
-}
-
-// snapshot returns the registered secrets.
-func (r *redactor) snapshot() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.secrets)
-}
-
-func (r *redactor) Write(p []byte) (int, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.secrets) == 0 {
-		return r.w.Write(p)
-	}
-	s := string(p)
-	for _, secret := range r.secrets {
-		s = strings.ReplaceAll(s, secret, "xxxxx")
-	}
-	if _, err := io.WriteString(r.w, s); err != nil {
-		return 0, err
-	}
-	return len(p), nil
 }
 
 // idList is a repeatable --id flag; each value may also hold several IDs

@@ -1,76 +1,9 @@
 package main
 
 import (
-	"bytes"
-	"fmt"
-	"log/slog"
-	"slices"
 	"strings"
 	"testing"
 )
-
-// Every form a password takes in a connection string.
-var passwordForms = []struct {
-	name, dsn string
-	secrets   []string // as they may be printed
-}{
-	{"url user:password@", "postgres://app:Sup3r-s3cret@db:5432/x", []string{"Sup3r-s3cret"}},
-	{"url user:password@, percent-encoded", "postgres://app:p%40ss%3Aw0rd@db/x", []string{"p@ss:w0rd", "p%40ss%3Aw0rd"}},
-	{"url user:password@ with an @ pgx rejects", "postgres://app:p@ss@db:5432/x?sslmode=bogus", []string{"p@ss"}},
-	{"url ?password=", "postgres://app@127.0.0.1:1/x?password=Sup3r-s3cret", []string{"Sup3r-s3cret"}},
-	{"url &password=, encoded", "postgres://app@db/x?sslmode=disable&password=s%20cr%26t&application_name=a", []string{"s cr&t", "s%20cr%26t"}},
-	{"keyword password=", "host=db user=app password=Sup3r-s3cret dbname=x", []string{"Sup3r-s3cret"}},
-	{"keyword password = (spaced)", "host=db user=app password = Sup3r-s3cret dbname=x", []string{"Sup3r-s3cret"}},
-	{"keyword password='quoted'", "host=db password='sec ret' user=app", []string{"sec ret", "'sec ret'"}},
-	{"keyword password with escapes", `host=db password = 'it\'s \\ here' user=app`, []string{`it's \ here`, `'it\'s \\ here'`}},
-	{"keyword password, unquoted with a backslash", `password=a\ b host=db`, []string{"a b", `a\ b`}},
-}
-
-func TestConnPasswordsFindsEveryForm(t *testing.T) {
-	t.Parallel()
-	for _, tc := range passwordForms {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			got := connPasswords(tc.dsn)
-			for _, s := range tc.secrets {
-				if !slices.Contains(got, s) {
-					t.Errorf("connPasswords(%q) = %q, lacks %q", tc.dsn, got, s)
-				}
-			}
-		})
-	}
-	for _, none := range []string{"", "postgres://app@db/x", "host=db user=app", "postgres://db/x?sslmode=disable"} {
-		if got := connPasswords(none); len(got) != 0 {
-			t.Errorf("connPasswords(%q) = %q, want none", none, got)
-		}
-	}
-}
-
-// What the redactor lets through: nothing of a registered password, in
-// text, in a flag default (%q) or in a JSON log line.
-func TestRedactorMasksEveryForm(t *testing.T) {
-	t.Parallel()
-	for _, tc := range passwordForms {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			var out bytes.Buffer
-			r := newRedactor(&out)
-			r.addURL(tc.dsn)
-			fmt.Fprintf(r, "error: %s\n", tc.dsn)
-			fmt.Fprintf(r, "  --database-url (default %q)\n", tc.dsn)
-			slog.New(slog.NewJSONHandler(r, nil)).Error("connect failed", "dsn", tc.dsn)
-			slog.New(slog.NewTextHandler(r, nil)).Error("connect failed", "dsn", tc.dsn)
-			for _, s := range tc.secrets {
-				if strings.Contains(out.String(), s) {
-					t.Errorf("%q printed:\n%s", s, out.String())
-				}
-			}
-			if !strings.Contains(out.String(), "xxxxx") {
-				t.Errorf("nothing masked:\n%s", out.String())
-			}
-		})
-	}
-}
 
 // The binary, end to end: each form in the environment or on the command
 // line, through help, errors and logs.
