@@ -14,6 +14,7 @@ import (
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/dispatcher"
 	"github.com/postbox-dev/postbox/inbox"
+	"github.com/postbox-dev/postbox/internal/benchkit"
 	"github.com/postbox-dev/postbox/outbox"
 	"github.com/postbox-dev/postbox/relay"
 )
@@ -46,7 +47,7 @@ func preload(ctx context.Context, e *env, db *pgxpool.Pool, topic string, queue 
 		size := min(batch, first+n-at)
 		msgs := make([]*postbox.Message, size)
 		for j := range msgs {
-			msgs[j], _ = newOrder(at+j, topic, keys)
+			msgs[j], _ = benchkit.NewMessage(at+j, topic, keys)
 		}
 		err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 			if queue {
@@ -58,7 +59,7 @@ func preload(ctx context.Context, e *env, db *pgxpool.Pool, topic string, queue 
 			return fmt.Errorf("preload: %w", err)
 		}
 		if done := at + size - first; done%100000 == 0 || done == n {
-			e.logf("preloaded %d/%d messages", done, n)
+			e.Logf("preloaded %d/%d messages", done, n)
 		}
 	}
 	return nil
@@ -116,11 +117,11 @@ func consumeAll(ctx context.Context, e *env, db *pgxpool.Pool, s drainSetup) (ti
 	for _, c := range cs {
 		wg.Go(func() { _ = c.Run(runCtx) })
 	}
-	stopProgress := e.every(func() {
+	stopProgress := e.Every(func() {
 		rs := r.Stats()
-		e.logf("  relayed %d, handled %d/%d (%.0f/s)", rs.Claimed, handled(), s.want, float64(handled())/time.Since(start).Seconds())
+		e.Logf("  relayed %d, handled %d/%d (%.0f/s)", rs.Claimed, handled(), s.want, float64(handled())/time.Since(start).Seconds())
 	})
-	elapsed, err := waitFor(ctx, s.timeout, func() bool { return handled() >= s.want-s.skipHandled })
+	elapsed, err := benchkit.WaitFor(ctx, s.timeout, func() bool { return handled() >= s.want-s.skipHandled })
 	stopProgress()
 	stopRun()
 	wg.Wait()
@@ -128,34 +129,10 @@ func consumeAll(ctx context.Context, e *env, db *pgxpool.Pool, s drainSetup) (ti
 		rs := r.Stats()
 		return 0, fmt.Errorf("%w: relayed %d (errors %d), handled %d of %d", err, rs.Claimed, rs.Errors, handled(), s.want)
 	}
-	rows, distinct, err := countEffects(ctx, db)
-	if err != nil {
-		return 0, fmt.Errorf("count effects: %w", err)
-	}
-	if rows != s.want || distinct != s.want {
-		return 0, fmt.Errorf("effect rows: %d (%d distinct), want exactly %d", rows, distinct, s.want)
+	if err := tables.CheckEffects(ctx, db, s.want); err != nil {
+		return 0, err
 	}
 	return elapsed, nil
-}
-
-// waitFor polls done every millisecond and returns the time from its call
-// until done reported true. done must be cheap.
-func waitFor(ctx context.Context, timeout time.Duration, done func() bool) (time.Duration, error) {
-	start := time.Now()
-	t := time.NewTicker(time.Millisecond)
-	defer t.Stop()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for !done() {
-		select {
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-deadline.C:
-			return 0, fmt.Errorf("not done after %s", timeout)
-		case <-t.C:
-		}
-	}
-	return time.Since(start), nil
 }
 
 func drainFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
@@ -166,22 +143,22 @@ func drainFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 	warm := fs.Bool("warm", false, "drain the same number of messages once, untimed, before the timed drain, with no reset in between (warm caches and statistics)")
 	batchHandler := fs.Bool("batch-handler", false, "handle with an inbox.BatchHandler that writes all effect rows of a batch in one INSERT (instead of a Handler writing one row per delivery)")
 	pin := fs.Bool("pin", false, "hold a REPEATABLE READ transaction with a transaction ID open, in another database of the cluster, for the whole timed drain (it keeps vacuum from removing deleted rows)")
-	var cmp compareFlags
-	cmp.register(fs)
+	var cmp benchkit.CompareFlags
+	cmp.Register(fs, variantPostbox)
 	return func(ctx context.Context, e *env) (result, error) {
 		if *n < 1 || *consumers < 1 {
 			return result{}, errors.New("--n and --consumers must be at least 1")
 		}
-		variants, err := cmp.variants()
+		variants, err := cmp.Variants()
 		if err != nil {
 			return result{}, err
 		}
-		db, err := e.pool(ctx, 2+*consumers*connsPerConsumer+rawWorkers)
+		db, err := e.Pool(ctx, 2+*consumers*connsPerConsumer+rawWorkers)
 		if err != nil {
 			return result{}, err
 		}
-		run := func(ctx context.Context, variant string, n int) (sample, error) {
-			if variant == variantRaw {
+		run := func(ctx context.Context, variant string, n int) (benchkit.Sample, error) {
+			if variant == benchkit.VariantRaw {
 				return rawDrain(ctx, e, db, n, *keys, *pin, *timeout)
 			}
 			return drain(ctx, e, db, drainOptions{n: n, consumers: *consumers, keys: *keys, warm: *warm,
@@ -195,13 +172,10 @@ func drainFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 			if err != nil {
 				return result{}, err
 			}
-			return result{msgs: *n, seconds: s.seconds}, nil
+			return result{Msgs: *n, Seconds: s.Seconds}, nil
 		}
-		best, err := interleave(ctx, e, db, variants, cmp.rounds, *n, min(*n/10+1, 5000), run)
-		if err != nil {
-			return result{}, err
-		}
-		return compareResult(*n, best), nil
+		reset := func(ctx context.Context) error { return e.reset(ctx, db) }
+		return cmp.Compare(ctx, e.Env, *n, min(*n/10+1, 5000), reset, run)
 	}
 }
 
@@ -216,40 +190,40 @@ type drainOptions struct {
 // drain declares the queue, preloads o.n messages and times their drain
 // through one relay and o.consumers consumers, all with the library's
 // defaults. The tables must be fresh (reset) before.
-func drain(ctx context.Context, e *env, db *pgxpool.Pool, o drainOptions) (sample, error) {
+func drain(ctx context.Context, e *env, db *pgxpool.Pool, o drainOptions) (benchkit.Sample, error) {
 	const queue = "bench-drain"
 	if err := dispatcher.DeclareQueue(ctx, db, queue, dispatcher.Options{}); err != nil {
-		return sample{}, err
+		return benchkit.Sample{}, err
 	}
 	setup := drainSetup{subscribers: []string{queue}, consumers: o.consumers, want: int64(o.n),
 		timeout: o.timeout, batchHandler: o.batchHandler}
 	first := 0
 	if o.warm {
 		if err := preload(ctx, e, db, queue, true, 0, o.n, o.keys); err != nil {
-			return sample{}, err
+			return benchkit.Sample{}, err
 		}
 		if _, err := consumeAll(ctx, e, db, setup); err != nil {
-			return sample{}, fmt.Errorf("warm-up drain: %w", err)
+			return benchkit.Sample{}, fmt.Errorf("warm-up drain: %w", err)
 		}
 		first = o.n
 		setup.want = int64(2 * o.n)
 		setup.skipHandled = int64(o.n)
 	}
 	if err := preload(ctx, e, db, queue, true, first, o.n, o.keys); err != nil {
-		return sample{}, err
+		return benchkit.Sample{}, err
 	}
 	if o.pin {
-		stop, err := pinHorizon(ctx, e)
+		stop, err := e.PinHorizon(ctx)
 		if err != nil {
-			return sample{}, err
+			return benchkit.Sample{}, err
 		}
 		defer stop()
 	}
 	elapsed, err := consumeAll(ctx, e, db, setup)
 	if err != nil {
-		return sample{}, err
+		return benchkit.Sample{}, err
 	}
-	return sample{seconds: elapsed.Seconds()}, nil
+	return benchkit.Sample{Seconds: elapsed.Seconds()}, nil
 }
 
 func fanoutFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
@@ -261,7 +235,7 @@ func fanoutFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 		if *n < 1 || *subscribers < 1 || *subscribers > 99 {
 			return result{}, errors.New("--n must be at least 1, --subscribers 1 to 99")
 		}
-		db, err := e.pool(ctx, 2+*subscribers*connsPerConsumer)
+		db, err := e.Pool(ctx, 2+*subscribers*connsPerConsumer)
 		if err != nil {
 			return result{}, err
 		}
@@ -286,7 +260,7 @@ func fanoutFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 			return result{}, err
 		}
 		// msgs counts deliveries: each message handled by each subscriber.
-		return result{msgs: int(want), seconds: elapsed.Seconds()}, nil
+		return result{Msgs: int(want), Seconds: elapsed.Seconds()}, nil
 	}
 }
 
@@ -309,7 +283,7 @@ func backlogFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 		default:
 			return result{}, fmt.Errorf("--waiting %q: want delayed or other", *waiting)
 		}
-		db, err := e.pool(ctx, 2+connsPerConsumer)
+		db, err := e.Pool(ctx, 2+connsPerConsumer)
 		if err != nil {
 			return result{}, err
 		}
@@ -329,7 +303,7 @@ func backlogFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 			if _, err := db.Exec(ctx, preloadSQL, waitSub, size); err != nil {
 				return result{}, fmt.Errorf("preload waiting rows: %w", err)
 			}
-			e.logf("waiting rows: %d/%d", done+size, *n)
+			e.Logf("waiting rows: %d/%d", done+size, *n)
 		}
 		// As autovacuum would have by the time such a backlog exists.
 		if _, err := db.Exec(ctx, "VACUUM ANALYZE postbox.inbox, postbox.parked"); err != nil {
@@ -350,6 +324,6 @@ func backlogFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 		if left != int64(*n) {
 			return result{}, fmt.Errorf("waiting rows: %d pending after the run, want %d", left, *n)
 		}
-		return result{msgs: *fresh, seconds: elapsed.Seconds()}, nil
+		return result{Msgs: *fresh, Seconds: elapsed.Seconds()}, nil
 	}
 }

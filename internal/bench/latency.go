@@ -2,10 +2,10 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/postbox-dev/postbox/dispatcher"
 	"github.com/postbox-dev/postbox/inbox"
+	"github.com/postbox-dev/postbox/internal/benchkit"
 	"github.com/postbox-dev/postbox/outbox"
 	"github.com/postbox-dev/postbox/relay"
 )
@@ -39,7 +40,7 @@ func latencyFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 		if total+warm > 100_000_000 {
 			return result{}, errors.New("--rate × --duration: at most 100 million messages")
 		}
-		db, err := e.pool(ctx, *publishers+connsPerConsumer+2)
+		db, err := e.Pool(ctx, *publishers+connsPerConsumer+2)
 		if err != nil {
 			return result{}, err
 		}
@@ -86,54 +87,21 @@ func latencyFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 		defer func() { stopRun(); running.Wait() }()
 
 		var published atomic.Int64
-		stopProgress := e.every(func() {
-			e.logf("  published %d, handled %d", published.Load(), c.Stats().Handled)
+		stopProgress := e.Every(func() {
+			e.Logf("  published %d, handled %d", published.Load(), c.Stats().Handled)
 		})
 		defer stopProgress()
 
-		publish := func(from, n int) (time.Duration, error) {
-			jobs := make(chan int, n) // the schedule never blocks on publishers
-			pctx, cancel := context.WithCancel(ctx)
-			defer cancel()
-			errs := make([]error, *publishers)
-			var wg sync.WaitGroup
-			for p := range *publishers {
-				wg.Go(func() {
-					for i := range jobs {
-						if pctx.Err() != nil {
-							return
-						}
-						msg, _ := newOrder(i, queue, *keys)
-						if err := pgx.BeginFunc(pctx, db, func(tx pgx.Tx) error { return outbox.Send(pctx, tx, msg) }); err != nil {
-							errs[p] = err
-							cancel()
-							return
-						}
-						commitAt[i].Store(time.Now().UnixNano())
-						published.Add(1)
-					}
-				})
-			}
-			start := time.Now()
-			interval := time.Second / time.Duration(*rate)
-			timer := time.NewTimer(0)
-			defer timer.Stop()
-		schedule:
-			for i := range n {
-				due := start.Add(time.Duration(i) * interval)
-				if wait := time.Until(due); wait > 0 {
-					timer.Reset(wait)
-					select {
-					case <-pctx.Done():
-						break schedule
-					case <-timer.C:
-					}
+		publish := func(first, n int) (time.Duration, error) {
+			return benchkit.OpenLoop(ctx, *rate, *publishers, first, n, func(ctx context.Context, i int) error {
+				msg, _ := benchkit.NewMessage(i, queue, *keys)
+				if err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error { return outbox.Send(ctx, tx, msg) }); err != nil {
+					return err
 				}
-				jobs <- from + i
-			}
-			close(jobs)
-			wg.Wait()
-			return time.Since(start), errors.Join(errs...)
+				commitAt[i].Store(time.Now().UnixNano())
+				published.Add(1)
+				return nil
+			})
 		}
 
 		if _, err := publish(0, warm); err != nil {
@@ -149,7 +117,7 @@ func latencyFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 			return result{}, err
 		}
 		want := int64(warm + total)
-		if _, err := waitFor(ctx, *timeout, func() bool { return c.Stats().Handled >= want }); err != nil {
+		if _, err := benchkit.WaitFor(ctx, *timeout, func() bool { return c.Stats().Handled >= want }); err != nil {
 			return result{}, fmt.Errorf("handlers: %w: handled %d of %d", err, c.Stats().Handled, want)
 		}
 		lats := make([]time.Duration, 0, total)
@@ -166,7 +134,7 @@ func latencyFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 			lats = append(lats, d)
 		}
 		if early > 0 {
-			e.logf("%d handlers started before their publisher saw its commit return", early)
+			e.Logf("%d handlers started before their publisher saw its commit return", early)
 		}
 		if relayedAt != nil {
 			toRelay := make([]time.Duration, 0, total)
@@ -175,24 +143,32 @@ func latencyFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 				toRelay = append(toRelay, time.Duration(relayedAt[i].Load()-commitAt[i].Load()))
 				toHandler = append(toHandler, time.Duration(startAt[i].Load()-relayedAt[i].Load()))
 			}
-			p50, p99 := percentiles(toRelay)
-			e.logf("commit to relay transaction start: p50 %.2fms p99 %.2fms", ms(p50), ms(p99))
-			p50, p99 = percentiles(toHandler)
-			e.logf("relay transaction start to handler start: p50 %.2fms p99 %.2fms", ms(p50), ms(p99))
+			p50, p99 := benchkit.Percentiles(toRelay)
+			e.Logf("commit to relay transaction start: p50 %.2fms p99 %.2fms", benchkit.Millis(p50), benchkit.Millis(p99))
+			p50, p99 = benchkit.Percentiles(toHandler)
+			e.Logf("relay transaction start to handler start: p50 %.2fms p99 %.2fms", benchkit.Millis(p50), benchkit.Millis(p99))
 		}
-		res := result{msgs: total, seconds: elapsed.Seconds(), hasLatency: true}
-		res.p50, res.p99 = percentiles(lats)
+		res := result{Msgs: total, Seconds: elapsed.Seconds(), HasLatency: true}
+		res.P50, res.P99 = benchkit.Percentiles(lats)
 		if *pinFor > 0 {
 			extra, err := pin.report(ctx, db, lats, commitAt[warm:warm+total])
 			if err != nil {
 				return result{}, err
 			}
-			res.extra = extra
+			res.Extra = extra
 		}
-		s := slices.Clone(lats)
-		slices.Sort(s)
-		e.logf("latency: p50 %.2fms p90 %.2fms p99 %.2fms p99.9 %.2fms max %.2fms", ms(percentile(s, 50)),
-			ms(percentile(s, 90)), ms(percentile(s, 99)), ms(percentile(s, 99.9)), ms(s[len(s)-1]))
+		e.LogLatency(lats)
 		return res, nil
 	}
+}
+
+// seqOf reads the sequence number a bench message carries.
+func seqOf(payload []byte) (int, error) {
+	var o struct {
+		Seq int `json:"seq"`
+	}
+	if err := json.Unmarshal(payload, &o); err != nil {
+		return 0, err
+	}
+	return o.Seq, nil
 }

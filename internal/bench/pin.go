@@ -13,12 +13,6 @@ import (
 	"github.com/postbox-dev/postbox/internal/benchkit"
 )
 
-// pinHorizon holds a transaction that pins the cluster's xmin horizon
-// until stop: see benchkit.PinHorizon.
-func pinHorizon(ctx context.Context, e *env) (stop func(), err error) {
-	return benchkit.PinHorizon(ctx, e.url, e.logf)
-}
-
 // pinWindow holds the horizon during part of a timed phase and measures
 // what that did: latency before, during and after, and the queue tables'
 // size before the pin and at the end.
@@ -39,7 +33,7 @@ func (w *pinWindow) schedule(ctx context.Context, e *env, db *pgxpool.Pool, at, 
 			return
 		}
 		q, p, err := tableSizes(pctx, db)
-		release, perr := pinHorizon(pctx, e)
+		release, perr := e.PinHorizon(pctx)
 		w.mu.Lock()
 		w.from, w.sizeBefore, w.procSize, w.err = time.Now(), q, p, errors.Join(err, perr)
 		w.mu.Unlock()
@@ -82,7 +76,7 @@ func (w *pinWindow) report(ctx context.Context, db *pgxpool.Pool, lats []time.Du
 	if err != nil {
 		return nil, err
 	}
-	p99 := func(d []time.Duration) float64 { _, x := percentiles(d); return ms(x) }
+	p99 := func(d []time.Duration) float64 { _, x := benchkit.Percentiles(d); return benchkit.Millis(x) }
 	return []string{
 		fmt.Sprintf("p99_before_pin_ms=%.2f", p99(before)),
 		fmt.Sprintf("p99_pinned_ms=%.2f", p99(during)),

@@ -18,6 +18,7 @@ import (
 
 	"github.com/postbox-dev/postbox/dispatcher"
 	"github.com/postbox-dev/postbox/inbox"
+	"github.com/postbox-dev/postbox/internal/benchkit"
 	"github.com/postbox-dev/postbox/outbox"
 	"github.com/postbox-dev/postbox/relay"
 )
@@ -44,14 +45,6 @@ func (s *statementCounter) TraceBatchQuery(context.Context, *pgx.Conn, pgx.Trace
 	s.n.Add(1)
 }
 func (s *statementCounter) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
-
-// tracedPool is e.pool with every statement counted by tr.
-func (e *env) tracedPool(ctx context.Context, maxConns int, tr *statementCounter) (*pgxpool.Pool, error) {
-	old := e.tracer
-	e.tracer = tr
-	defer func() { e.tracer = old }()
-	return e.pool(ctx, maxConns)
-}
 
 // meter is a reading of the counters the quiet workloads report.
 type meter struct {
@@ -129,7 +122,7 @@ func idleFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 			return result{}, errors.New("--subscribers, --consumers and --duration must be positive")
 		}
 		var tr statementCounter
-		db, err := e.tracedPool(ctx, 2+*subscribers**consumers*connsPerConsumer, &tr)
+		db, err := e.TracedPool(ctx, 2+*subscribers**consumers*connsPerConsumer, &tr)
 		if err != nil {
 			return result{}, err
 		}
@@ -161,7 +154,7 @@ func idleFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 			wg.Go(func() { _ = c.Run(runCtx) })
 		}
 		defer func() { stop(); wg.Wait() }()
-		e.logf("warming up for 12s")
+		e.Logf("warming up for 12s")
 		if !sleepCtx(ctx, 12*time.Second) {
 			return result{}, ctx.Err()
 		}
@@ -181,7 +174,7 @@ func idleFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 			return result{}, err
 		}
 		perConsumer := float64(d.statements) / d.seconds / float64(len(cs)+1)
-		return result{msgs: 0, seconds: d.seconds, extra: []string{
+		return result{Msgs: 0, Seconds: d.seconds, Extra: []string{
 			fmt.Sprintf("statements_per_s=%.2f", float64(d.statements)/d.seconds),
 			fmt.Sprintf("statements_per_s_per_process=%.2f", perConsumer),
 			fmt.Sprintf("tx_per_s=%.2f", float64(d.xacts)/d.seconds),
@@ -201,11 +194,11 @@ func trickleFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 			return result{}, errors.New("--rate, --consumers and --duration must be positive")
 		}
 		var tr statementCounter
-		db, err := e.tracedPool(ctx, 2+*consumers*connsPerConsumer, &tr)
+		db, err := e.TracedPool(ctx, 2+*consumers*connsPerConsumer, &tr)
 		if err != nil {
 			return result{}, err
 		}
-		producers, err := e.pool(ctx, 8)
+		producers, err := e.Pool(ctx, 8)
 		if err != nil {
 			return result{}, err
 		}
@@ -271,7 +264,7 @@ func trickleFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) 
 		if err != nil {
 			return result{}, err
 		}
-		return result{msgs: int(n), seconds: d.seconds, extra: []string{
+		return result{Msgs: int(n), Seconds: d.seconds, Extra: []string{
 			fmt.Sprintf("statements_per_msg=%.2f", float64(d.statements)/float64(n)),
 			fmt.Sprintf("client_cpu_us_per_msg=%.1f", float64(d.cpu.Microseconds())/float64(n)),
 			fmt.Sprintf("machine_cpu_pct=%.1f", d.machineCPUPercentage),
@@ -287,7 +280,7 @@ func publishAt(ctx context.Context, db *pgxpool.Pool, queue string, rate int, pu
 	for range 4 {
 		wg.Go(func() {
 			for i := range work {
-				msg, _ := newOrder(i, queue, 0)
+				msg, _ := benchkit.NewMessage(i, queue, 0)
 				err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error { return outbox.Send(ctx, tx, msg) })
 				if err != nil && ctx.Err() == nil {
 					failed.Store(err)

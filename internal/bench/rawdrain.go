@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/postbox-dev/postbox/internal/benchkit"
 )
 
 // rawWorkers and rawBatch shape the raw drain pipeline like a consumer with
@@ -26,27 +27,21 @@ const (
 // processed table, and a commit. It is the ceiling a BatchHandler drain is
 // measured against: what the same work costs with nothing of postbox's
 // guarantees machinery around it.
-func rawDrain(ctx context.Context, e *env, db *pgxpool.Pool, n, keys int, pin bool, timeout time.Duration) (sample, error) {
+func rawDrain(ctx context.Context, e *env, db *pgxpool.Pool, n, keys int, pin bool, timeout time.Duration) (benchkit.Sample, error) {
 	const queue = "bench-drain"
 	for at := 0; at < n; at += 10000 {
-		size := min(10000, n-at)
-		rows := make([][]any, size)
-		for j := range rows {
-			msg, _ := newOrder(at+j, queue, keys)
-			row, err := rawRow(msg)
-			if err != nil {
-				return sample{}, err
-			}
-			rows[j] = row
+		rows, err := benchkit.RawRows(at, min(10000, n-at), queue, keys)
+		if err != nil {
+			return benchkit.Sample{}, err
 		}
-		if _, err := db.CopyFrom(ctx, pgx.Identifier{"postbox_bench", "raw_outbox"}, rawCopyColumns, pgx.CopyFromRows(rows)); err != nil {
-			return sample{}, fmt.Errorf("raw preload: %w", err)
+		if _, err := db.CopyFrom(ctx, tables.RawOutbox, benchkit.RawColumns, pgx.CopyFromRows(rows)); err != nil {
+			return benchkit.Sample{}, fmt.Errorf("raw preload: %w", err)
 		}
 	}
 	if pin {
-		stop, err := pinHorizon(ctx, e)
+		stop, err := e.PinHorizon(ctx)
 		if err != nil {
-			return sample{}, err
+			return benchkit.Sample{}, err
 		}
 		defer stop()
 	}
@@ -86,23 +81,19 @@ func rawDrain(ctx context.Context, e *env, db *pgxpool.Pool, n, keys int, pin bo
 			}
 		})
 	}
-	elapsed, err := waitFor(ctx, timeout, func() bool { return handled.Load() >= int64(n) || failed.Load() != nil })
+	elapsed, err := benchkit.WaitFor(ctx, timeout, func() bool { return handled.Load() >= int64(n) || failed.Load() != nil })
 	stop()
 	wg.Wait()
 	if f := failed.Load(); f != nil {
-		return sample{}, fmt.Errorf("raw drain: %w", f.(error))
+		return benchkit.Sample{}, fmt.Errorf("raw drain: %w", f.(error))
 	}
 	if err != nil {
-		return sample{}, err
+		return benchkit.Sample{}, err
 	}
-	rows, distinct, err := countEffects(ctx, db)
-	if err != nil {
-		return sample{}, err
+	if err := tables.CheckEffects(ctx, db, int64(n)); err != nil {
+		return benchkit.Sample{}, fmt.Errorf("raw drain: %w", err)
 	}
-	if rows != int64(n) || distinct != int64(n) {
-		return sample{}, fmt.Errorf("raw effect rows: %d (%d distinct), want exactly %d", rows, distinct, n)
-	}
-	return sample{seconds: elapsed.Seconds()}, nil
+	return benchkit.Sample{Seconds: elapsed.Seconds()}, nil
 }
 
 // rawBatchOnce claims, handles and commits one raw batch.

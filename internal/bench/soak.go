@@ -16,6 +16,7 @@ import (
 
 	"github.com/postbox-dev/postbox/dispatcher"
 	"github.com/postbox-dev/postbox/inbox"
+	"github.com/postbox-dev/postbox/internal/benchkit"
 	"github.com/postbox-dev/postbox/outbox"
 	"github.com/postbox-dev/postbox/relay"
 )
@@ -52,7 +53,7 @@ func soakFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 		if *duration <= 0 || *rate < 1 || *publishers < 1 || *consumers < 1 || *every <= 0 {
 			return result{}, errors.New("--duration, --rate, --publishers, --consumers and --every must be positive")
 		}
-		db, err := e.pool(ctx, *publishers+*consumers*connsPerConsumer+4)
+		db, err := e.Pool(ctx, *publishers+*consumers*connsPerConsumer+4)
 		if err != nil {
 			return result{}, err
 		}
@@ -191,7 +192,7 @@ func (s *soak) run(ctx context.Context, queue string, duration time.Duration, ra
 		return fmt.Errorf("publish: %w", pubErr)
 	}
 	want := s.published.Load()
-	if _, err := waitFor(ctx, timeout, func() bool { return s.handled.Load() >= want }); err != nil {
+	if _, err := benchkit.WaitFor(ctx, timeout, func() bool { return s.handled.Load() >= want }); err != nil {
 		return fmt.Errorf("drain after the soak: %w: handled %d of %d", err, s.handled.Load(), want)
 	}
 	line, err := s.sample(ctx, time.Since(start))
@@ -200,14 +201,7 @@ func (s *soak) run(ctx context.Context, queue string, duration time.Duration, ra
 	}
 	line.drain = true
 	s.report(line, prev)
-	rows, distinct, err := countEffects(ctx, s.db)
-	if err != nil {
-		return fmt.Errorf("count effects: %w", err)
-	}
-	if rows != want || distinct != want {
-		return fmt.Errorf("effect rows: %d (%d distinct), want exactly %d", rows, distinct, want)
-	}
-	return nil
+	return tables.CheckEffects(ctx, s.db, want)
 }
 
 // publish sends rate messages a second until ctx ends, each in its own
@@ -220,7 +214,7 @@ func (s *soak) publish(ctx context.Context, queue string, rate, publishers, keys
 	for p := range publishers {
 		wg.Go(func() {
 			for i := range jobs {
-				msg, _ := newOrder(i, queue, keys)
+				msg, _ := benchkit.NewMessage(i, queue, keys)
 				if err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error { return outbox.Send(ctx, tx, msg) }); err != nil {
 					if ctx.Err() == nil {
 						errs[p] = err
@@ -267,7 +261,7 @@ func (s *soak) sample(ctx context.Context, at time.Duration) (soakLine, error) {
 	s.mu.Unlock()
 	if len(lats) > 0 {
 		slices.Sort(lats)
-		l.p50, l.p99, l.max = percentile(lats, 50), percentile(lats, 99), lats[len(lats)-1]
+		l.p50, l.p99, l.max = benchkit.Percentile(lats, 50), benchkit.Percentile(lats, 99), lats[len(lats)-1]
 	}
 	return l, nil
 }
@@ -286,17 +280,17 @@ func (s *soak) report(l, prev soakLine) {
 	if l.drain {
 		at += "(drain)"
 	}
-	fmt.Fprintf(s.e.stderr, "SOAK t=%s published=%d handled=%d rate=%.1f backlog=%d p50_ms=%.2f p99_ms=%.2f max_ms=%.2f "+
+	fmt.Fprintf(s.e.Stderr, "SOAK t=%s published=%d handled=%d rate=%.1f backlog=%d p50_ms=%.2f p99_ms=%.2f max_ms=%.2f "+
 		"outbox_kb=%d inbox_kb=%d parked_kb=%d dead_kb=%d processed_kb=%d other_kb=%d total_kb=%d dead_tuples=%d wal_kb=%d\n",
 		at, l.published, handled, float64(handled)/secs, l.publishedCumulative-l.handled,
-		ms(l.p50), ms(l.p99), ms(l.max), z.outbox, z.inbox, z.parked, z.dead, z.processed, z.other, z.total(),
+		benchkit.Millis(l.p50), benchkit.Millis(l.p99), benchkit.Millis(l.max), z.outbox, z.inbox, z.parked, z.dead, z.processed, z.other, z.total(),
 		l.deadTuples, l.walKB)
 	s.rows = append(s.rows, l)
 }
 
 // result compares the first interval with the last and the worst.
 func (s *soak) result() result {
-	res := result{msgs: int(s.published.Load()), seconds: s.elapsed.Seconds()}
+	res := result{Msgs: int(s.published.Load()), Seconds: s.elapsed.Seconds()}
 	if len(s.rows) == 0 {
 		return res
 	}
@@ -306,7 +300,7 @@ func (s *soak) result() result {
 		steady = steady[:len(steady)-1]
 	}
 	first, last := steady[0], steady[len(steady)-1]
-	res.p50, res.p99, res.hasLatency = last.p50, last.p99, true
+	res.P50, res.P99, res.HasLatency = last.p50, last.p99, true
 	var p99max time.Duration
 	var sizeMax, wal int64
 	for _, l := range s.rows {
@@ -316,12 +310,12 @@ func (s *soak) result() result {
 	}
 	extra := []string{
 		fmt.Sprintf("intervals=%d", len(s.rows)),
-		fmt.Sprintf("p99_first_ms=%.2f p99_last_ms=%.2f p99_max_ms=%.2f", ms(first.p99), ms(last.p99), ms(p99max)),
+		fmt.Sprintf("p99_first_ms=%.2f p99_last_ms=%.2f p99_max_ms=%.2f", benchkit.Millis(first.p99), benchkit.Millis(last.p99), benchkit.Millis(p99max)),
 		fmt.Sprintf("size_first_kb=%d size_last_kb=%d size_max_kb=%d", first.sizes.total(), last.sizes.total(), sizeMax),
 	}
-	if res.msgs > 0 {
-		extra = append(extra, fmt.Sprintf("wal_bytes_per_msg=%d", wal/int64(res.msgs)))
+	if res.Msgs > 0 {
+		extra = append(extra, fmt.Sprintf("wal_bytes_per_msg=%d", wal/int64(res.Msgs)))
 	}
-	res.extra = []string{strings.Join(extra, " ")}
+	res.Extra = []string{strings.Join(extra, " ")}
 	return res
 }

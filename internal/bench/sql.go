@@ -1,39 +1,8 @@
 package bench
 
-// The bench's own tables live in schema postbox_bench, outside the product's
-// migrations, so sqlc (which compiles against those migrations) cannot check
-// these statements; they are constants, never built from input.
-
-// sqlSetup creates the bench tables. raw_outbox has the columns of
-// postbox.outbox and, like it, only a primary key: it is what a hand-written
-// outbox would be.
-const sqlSetup = `
-CREATE SCHEMA IF NOT EXISTS postbox_bench;
-CREATE TABLE IF NOT EXISTS postbox_bench.orders (
-    id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    customer     text        NOT NULL,
-    amount_cents bigint      NOT NULL,
-    created_at   timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS postbox_bench.raw_outbox (
-    id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    message_id uuid        NOT NULL,
-    key_hash   integer     NOT NULL,
-    is_queue   boolean     NOT NULL DEFAULT false,
-    topic      text        NOT NULL,
-    type       text        NOT NULL DEFAULT '',
-    key        text,
-    payload    bytea       NOT NULL,
-    headers    jsonb,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    deliver_at timestamptz
-);
-CREATE TABLE IF NOT EXISTS postbox_bench.effects (
-    id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    subscriber text        NOT NULL,
-    message_id text        NOT NULL,
-    handled_at timestamptz NOT NULL DEFAULT now()
-);`
+// The bench's own statements, beyond those of benchkit.Tables: like them
+// outside the product's migrations, so sqlc (which compiles against those
+// migrations) cannot check them; they are constants, never built from input.
 
 // The raw drain pipeline's tables: what a hand-written queue would be, with
 // the postbox drain's shape (an inbox table claimed with SKIP LOCKED, a
@@ -55,9 +24,6 @@ CREATE TABLE IF NOT EXISTS postbox_bench.raw_processed (
     PRIMARY KEY (subscriber, message_id)
 );`
 
-const sqlReset = `TRUNCATE postbox_bench.orders, postbox_bench.raw_outbox, postbox_bench.effects,
-    postbox_bench.raw_inbox, postbox_bench.raw_processed RESTART IDENTITY`
-
 // sqlRawRelay moves up to $1 raw outbox rows into the raw inbox in one
 // statement, as the postbox relay does.
 const sqlRawRelay = `
@@ -78,17 +44,6 @@ INSERT INTO postbox_bench.raw_processed (subscriber, message_id) SELECT subscrib
 
 // sqlInsertEffects writes one effect row per message ID, in one statement.
 const sqlInsertEffects = `INSERT INTO postbox_bench.effects (subscriber, message_id) SELECT $1, unnest($2::text[])`
-
-const sqlInsertOrder = `INSERT INTO postbox_bench.orders (customer, amount_cents) VALUES ($1, $2)`
-
-const sqlInsertRaw = `INSERT INTO postbox_bench.raw_outbox (message_id, key_hash, topic, type, key, payload, headers)
-VALUES ($1, $2, $3, $4, $5, $6, $7)`
-
-var rawCopyColumns = []string{"message_id", "key_hash", "topic", "type", "key", "payload", "headers"}
-
-const sqlInsertEffect = `INSERT INTO postbox_bench.effects (subscriber, message_id) VALUES ($1, $2)`
-
-const sqlCountEffects = `SELECT count(*), count(DISTINCT (subscriber, message_id)) FROM postbox_bench.effects`
 
 // sqlPreloadDelayed puts $2 deliveries of subscriber $1 that are due
 // only in a day where a consumer leaves a delayed delivery once it has met

@@ -1,6 +1,3 @@
-// Package benchkit holds what postbox's benchmark programs share: the
-// postbox bench (internal to the core module) and the peers' (bench/peers,
-// a module of its own so that the library never depends on River).
 package benchkit
 
 import (
@@ -19,12 +16,12 @@ const PinDatabase = "postbox_bench_pin"
 // ErrNoPin is returned when the pinning transaction cannot be opened.
 var ErrNoPin = errors.New("benchkit: no other database to hold a transaction in")
 
-// PinHorizon connects to PinDatabase on the server of url (creating the
+// PinHorizon connects to PinDatabase on the server of e.URL (creating the
 // database if needed) and holds a REPEATABLE READ transaction with a
 // transaction ID open there until stop is called: it keeps vacuum,
 // everywhere on the cluster, from removing any row deleted after it began.
-func PinHorizon(ctx context.Context, url string, logf func(format string, args ...any)) (stop func(), err error) {
-	cfg, err := pgx.ParseConfig(url)
+func (e *Env) PinHorizon(ctx context.Context) (stop func(), err error) {
+	cfg, err := pgx.ParseConfig(e.URL)
 	if err != nil {
 		return nil, err
 	}
@@ -58,10 +55,10 @@ func PinHorizon(ctx context.Context, url string, logf func(format string, args .
 		conn.Close(ctx)
 		return nil, err
 	}
-	logf("holding transaction %d open in database %s", xid, PinDatabase)
+	e.Logf("holding transaction %d open in database %s", xid, PinDatabase)
 	return func() {
 		_ = tx.Rollback(context.WithoutCancel(ctx))
 		conn.Close(context.WithoutCancel(ctx))
-		logf("released transaction %d", xid)
+		e.Logf("released transaction %d", xid)
 	}, nil
 }

@@ -2,23 +2,13 @@
 // `postbox bench`, for measuring without the full binary:
 //
 //	go run ./internal/bench/cmd/postbox-bench drain --n 100000
+//
+// As postbox itself, it never prints a password (see benchkit.Main).
 package main
 
 import (
-	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-
 	"github.com/postbox-dev/postbox/internal/bench"
+	"github.com/postbox-dev/postbox/internal/benchkit"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := bench.Run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-}
+func main() { benchkit.Main(bench.Run) }
