@@ -40,9 +40,9 @@ type Options struct {
 	MaxAttempts int
 	// Backoff between attempts: exponential with jitter.
 	Backoff Backoff
-	// Retention is the dedup window: how long a handled message ID is
-	// remembered. Default 7 days.
-	Retention time.Duration
+	// DedupWindow is how long a handled message ID is remembered, so a
+	// copy of it arriving within the window is dropped. Default 7 days.
+	DedupWindow time.Duration
 	// KeyOnDead is what later messages of a key do while one of its
 	// messages is a dead letter: KeyProceeds (the default: they are
 	// handled) or KeyParks (they wait, parked, until the letter is
@@ -68,7 +68,7 @@ type Backoff struct {
 const (
 	DefaultPartitions  = 16
 	DefaultMaxAttempts = 10
-	DefaultRetention   = 7 * 24 * time.Hour
+	DefaultDedupWindow = 7 * 24 * time.Hour
 )
 
 // DefaultBackoff is the schedule used when Options.Backoff is zero.
@@ -81,8 +81,8 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaxAttempts == 0 {
 		o.MaxAttempts = DefaultMaxAttempts
 	}
-	if o.Retention == 0 {
-		o.Retention = DefaultRetention
+	if o.DedupWindow == 0 {
+		o.DedupWindow = DefaultDedupWindow
 	}
 	if o.Backoff.Initial == 0 {
 		o.Backoff.Initial = DefaultBackoff.Initial
@@ -101,8 +101,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, invalid.Errorf("Options.Partitions", "%d, want 1 to 4096", o.Partitions)
 	case o.MaxAttempts < 1:
 		return o, invalid.Errorf("Options.MaxAttempts", "%d, want at least 1", o.MaxAttempts)
-	case o.Retention < 0:
-		return o, invalid.Errorf("Options.Retention", "%s is negative", o.Retention)
+	case o.DedupWindow < 0:
+		return o, invalid.Errorf("Options.DedupWindow", "%s is negative", o.DedupWindow)
 	case o.Backoff.Initial < 0 || o.Backoff.Max < o.Backoff.Initial:
 		return o, invalid.Errorf("Options.Backoff", "Initial %s, Max %s: want 0 <= Initial <= Max", o.Backoff.Initial, o.Backoff.Max)
 	case o.KeyOnDead != KeyProceeds && o.KeyOnDead != KeyParks:
@@ -170,7 +170,7 @@ func declare(ctx context.Context, dbtx postbox.DBTX, kind, name string, opts Opt
 		BackoffInitial:    opts.Backoff.Initial,
 		BackoffMax:        opts.Backoff.Max,
 		BackoffMultiplier: opts.Backoff.Multiplier,
-		Retention:         opts.Retention,
+		DedupWindow:       opts.DedupWindow,
 		KeyOnDead:         opts.KeyOnDead,
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -386,7 +386,7 @@ func fromRow(r db.PostboxSubscriber) Subscriber {
 			Partitions:  int(r.Partitions),
 			MaxAttempts: int(r.MaxAttempts),
 			Backoff:     Backoff{Initial: r.BackoffInitial, Max: r.BackoffMax, Multiplier: r.BackoffMultiplier},
-			Retention:   r.Retention,
+			DedupWindow: r.DedupWindow,
 			KeyOnDead:   r.KeyOnDead,
 		},
 		CreatedAt: r.CreatedAt,

@@ -257,7 +257,7 @@ func TestDeclareAndSubscribe(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.Pool(t, 2)
 
-	opts := dispatcher.Options{Partitions: 8, MaxAttempts: 3, Retention: time.Hour,
+	opts := dispatcher.Options{Partitions: 8, MaxAttempts: 3, DedupWindow: time.Hour,
 		Backoff:   dispatcher.Backoff{Initial: 100 * time.Millisecond, Max: time.Minute, Multiplier: 3},
 		KeyOnDead: dispatcher.KeyParks}
 	if err := dispatcher.DeclareQueue(ctx, pool, "billing", opts); err != nil {
@@ -276,7 +276,7 @@ func TestDeclareAndSubscribe(t *testing.T) {
 	}
 	if got, _ := dispatcher.GetSubscriber(ctx, pool, "billing"); got.Options.MaxAttempts != dispatcher.DefaultMaxAttempts ||
 		got.Options.Partitions != dispatcher.DefaultPartitions || got.Options.Backoff != dispatcher.DefaultBackoff ||
-		got.Options.Retention != dispatcher.DefaultRetention || got.Options.KeyOnDead != dispatcher.KeyProceeds {
+		got.Options.DedupWindow != dispatcher.DefaultDedupWindow || got.Options.KeyOnDead != dispatcher.KeyProceeds {
 		t.Errorf("after redeclaring with defaults: %+v", got.Options)
 	}
 
@@ -335,7 +335,7 @@ func TestOptionsValidation(t *testing.T) {
 		{Partitions: -1},
 		{Partitions: 4097},
 		{MaxAttempts: -2},
-		{Retention: -time.Second},
+		{DedupWindow: -time.Second},
 		{Backoff: dispatcher.Backoff{Initial: -time.Second}},
 		{Backoff: dispatcher.Backoff{Initial: time.Minute, Max: time.Second}},
 		{Backoff: dispatcher.Backoff{Multiplier: 0.5}},

@@ -23,7 +23,7 @@ type JanitorConfig struct {
 }
 
 // Janitor forgets handled message IDs once they are older than their
-// subscriber's dedup window (dispatcher.Options.Retention), in bounded
+// subscriber's dedup window (dispatcher.Options.DedupWindow), in bounded
 // batches. Run one per process where convenient: an advisory lock lets only
 // one janitor sweep at a time, and the others skip that round.
 type Janitor struct {

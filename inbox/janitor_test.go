@@ -19,13 +19,13 @@ import (
 // (TryJanitorLock); the test takes it to play a second janitor.
 const janitorLock = 7306640421744685166
 
-// The janitor forgets handled IDs older than the subscriber's retention, in
+// The janitor forgets handled IDs older than the subscriber's dedup window, in
 // batches, and keeps the others, which still stop duplicates.
 func TestJanitorForgetsOnlyIDsPastTheWindow(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const n = 10
-	pool := setup(t, n, n, dispatcher.Options{Retention: time.Hour})
+	pool := setup(t, n, n, dispatcher.Options{DedupWindow: time.Hour})
 	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: recordEffect})
 	runUntilEmpty(t, pool, c, "work")
 	// Messages 0-5 were handled two hours ago, 6-7 fifty minutes ago, 8-9 now.
@@ -80,7 +80,7 @@ func TestJanitorsTakeTurns(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const n = 6
-	pool := setup(t, n, n, dispatcher.Options{Retention: time.Hour})
+	pool := setup(t, n, n, dispatcher.Options{DedupWindow: time.Hour})
 	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: recordEffect})
 	runUntilEmpty(t, pool, c, "work")
 	exec(t, pool, `UPDATE postbox.processed SET processed_at = now() - interval '1 day'`)
@@ -137,7 +137,7 @@ func TestJanitorUsesDefaultWindowForUndeclaredSubscribers(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := pgtest.Pool(t, 4)
-	if err := dispatcher.DeclareQueue(ctx, pool, "archive", dispatcher.Options{Retention: 30 * 24 * time.Hour}); err != nil {
+	if err := dispatcher.DeclareQueue(ctx, pool, "archive", dispatcher.Options{DedupWindow: 30 * 24 * time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 	nop := inbox.HandlerFunc(func(context.Context, pgx.Tx, *inbox.Delivery) error { return nil })

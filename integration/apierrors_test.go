@@ -90,7 +90,7 @@ func TestEveryInputErrorIsAValidationError(t *testing.T) {
 		}},
 
 		{"max attempts", "Options.MaxAttempts", declare(dispatcher.Options{MaxAttempts: -1})},
-		{"negative retention", "Options.Retention", declare(dispatcher.Options{Retention: -time.Hour})},
+		{"negative retention", "Options.DedupWindow", declare(dispatcher.Options{DedupWindow: -time.Hour})},
 		{"backoff", "Options.Backoff", declare(dispatcher.Options{Backoff: dispatcher.Backoff{Initial: time.Hour, Max: time.Second}})},
 		{"key on dead", "Options.KeyOnDead", declare(dispatcher.Options{KeyOnDead: "wait"})},
 		{"unsubscribe subscriber", "subscriber", func() error { return dispatcher.Unsubscribe(ctx, pool, "A", "t") }},

@@ -49,7 +49,7 @@ type Config struct {
 	// Run never sweeps (call Sweep yourself).
 	SweepInterval time.Duration
 	// Queue are the reply queue's settings. Zero fields take the
-	// dispatcher's defaults, except Retention (the dedup window of
+	// dispatcher's defaults, except DedupWindow (that of
 	// replies), which defaults to 24 hours.
 	Queue dispatcher.Options
 	// Concurrency and PollInterval of the reply queue's consumer; see
@@ -63,10 +63,10 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultTimeout        = 30 * time.Second
-	DefaultExpiry         = 10 * time.Minute
-	DefaultSweepInterval  = time.Minute
-	DefaultReplyRetention = 24 * time.Hour
+	DefaultTimeout          = 30 * time.Second
+	DefaultExpiry           = 10 * time.Minute
+	DefaultSweepInterval    = time.Minute
+	DefaultReplyDedupWindow = 24 * time.Hour
 	// answeredTTL is how long a reply handed to a waiting Request is
 	// remembered, so that its redelivery (its batch failed after the
 	// hand-over) is not taken for a late reply.
@@ -87,8 +87,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.SweepInterval == 0 {
 		c.SweepInterval = DefaultSweepInterval
 	}
-	if c.Queue.Retention == 0 {
-		c.Queue.Retention = DefaultReplyRetention
+	if c.Queue.DedupWindow == 0 {
+		c.Queue.DedupWindow = DefaultReplyDedupWindow
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

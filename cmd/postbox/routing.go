@@ -110,7 +110,7 @@ type queueJSON struct {
 	BackoffInitial    string             `json:"backoff_initial"`
 	BackoffMax        string             `json:"backoff_max"`
 	BackoffMultiplier float64            `json:"backoff_multiplier"`
-	Retention         string             `json:"retention"`
+	DedupWindow       string             `json:"dedup_window"`
 	KeyOnDead         string             `json:"key_on_dead"`
 	CreatedAt         time.Time          `json:"created_at"`
 	Subscriptions     []subscriptionJSON `json:"subscriptions"`
@@ -158,7 +158,7 @@ For depths, see postbox stats.`)
 		out[i] = queueJSON{
 			Name: s.Name, Kind: s.Kind, Partitions: o.Partitions, MaxAttempts: o.MaxAttempts,
 			BackoffInitial: duration(o.Backoff.Initial), BackoffMax: duration(o.Backoff.Max),
-			BackoffMultiplier: o.Backoff.Multiplier, Retention: duration(o.Retention), KeyOnDead: o.KeyOnDead,
+			BackoffMultiplier: o.Backoff.Multiplier, DedupWindow: duration(o.DedupWindow), KeyOnDead: o.KeyOnDead,
 			CreatedAt: s.CreatedAt, Subscriptions: []subscriptionJSON{},
 		}
 	}
@@ -189,7 +189,7 @@ For depths, see postbox stats.`)
 				subs = "-"
 			}
 			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s..%s x%g\t%s\t%s\t%s\n", q.Name, q.Kind, q.Partitions, q.MaxAttempts,
-				q.BackoffInitial, q.BackoffMax, q.BackoffMultiplier, q.Retention, q.KeyOnDead, cell(subs, 200))
+				q.BackoffInitial, q.BackoffMax, q.BackoffMultiplier, q.DedupWindow, q.KeyOnDead, cell(subs, 200))
 		}
 	})
 }
@@ -224,7 +224,7 @@ A queue and a topic subscriber cannot share a name.`)
 	initial := f.Duration("backoff-initial", d.Initial, "wait before the first retry")
 	maxWait := f.Duration("backoff-max", d.Max, "longest wait between retries")
 	multiplier := f.Float64("backoff-multiplier", d.Multiplier, "growth of the wait per retry (at least 1)")
-	retention := f.Duration("retention", dispatcher.DefaultRetention, "how long handled message IDs are remembered (the dedup window)")
+	dedupWindow := f.Duration("dedup-window", dispatcher.DefaultDedupWindow, "how long handled message IDs are remembered, so a copy arriving within it is dropped")
 	keyOnDead := f.String("key-on-dead", dispatcher.KeyProceeds, "what a key's later messages do while one of its messages is a dead letter: "+
 		dispatcher.KeyProceeds+" (they are handled) or "+dispatcher.KeyParks+" (they wait until it is replayed or purged)")
 	pos, err := f.parse(c.stdout, args)
@@ -276,7 +276,7 @@ A queue and a topic subscriber cannot share a name.`)
 	apply("backoff-initial", func() { opts.Backoff.Initial = *initial })
 	apply("backoff-max", func() { opts.Backoff.Max = *maxWait })
 	apply("backoff-multiplier", func() { opts.Backoff.Multiplier = *multiplier })
-	apply("retention", func() { opts.Retention = *retention })
+	apply("dedup-window", func() { opts.DedupWindow = *dedupWindow })
 	apply("key-on-dead", func() { opts.KeyOnDead = *keyOnDead })
 	if err := dispatcher.DeclareQueue(ctx, pool, name, opts); err != nil {
 		return err

@@ -22,16 +22,16 @@ func TestRoutingCommands(t *testing.T) {
 		t.Errorf("queue declare printed %q", out)
 	}
 	// Flags after the name; only the flags given change.
-	if out := runOK(t, url, "queue", "declare", "orders", "--retention", "1h"); !strings.Contains(out, "updated queue orders") {
+	if out := runOK(t, url, "queue", "declare", "orders", "--dedup-window", "1h"); !strings.Contains(out, "updated queue orders") {
 		t.Errorf("second queue declare printed %q", out)
 	}
 	q, err := dispatcher.GetSubscriber(ctx, pool, "orders")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if q.Kind != dispatcher.KindQueue || q.Options.MaxAttempts != 3 || q.Options.Backoff.Initial != 2*time.Second || q.Options.Retention != time.Hour ||
+	if q.Kind != dispatcher.KindQueue || q.Options.MaxAttempts != 3 || q.Options.Backoff.Initial != 2*time.Second || q.Options.DedupWindow != time.Hour ||
 		q.Options.KeyOnDead != dispatcher.KeyProceeds {
-		t.Fatalf("queue orders = %+v, want a queue with max attempts 3, backoff 2s, retention 1h, keys proceeding", q)
+		t.Fatalf("queue orders = %+v, want a queue with max attempts 3, backoff 2s, dedup window 1h, keys proceeding", q)
 	}
 	// --key-on-dead changes only that setting.
 	runOK(t, url, "queue", "declare", "orders", "--key-on-dead", "park")

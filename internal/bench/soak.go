@@ -47,7 +47,7 @@ func soakFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 	consumers := fs.Int("consumers", 1, "inbox.Consumer instances, each with the default Config")
 	keys := fs.Int("keys", 100, "distinct message keys (0: messages have no key)")
 	every := fs.Duration("every", time.Minute, "how often to print a SOAK line")
-	retention := fs.Duration("retention", 2*time.Minute, "the queue's dedup window; a janitor sweeps every 10s, so the processed IDs reach a steady size within the run")
+	dedupWindow := fs.Duration("dedup-window", 2*time.Minute, "the queue's dedup window; a janitor sweeps every 10s, so the processed IDs reach a steady size within the run")
 	timeout := fs.Duration("timeout", 2*time.Minute, "after publishing, how long to wait for the backlog to drain")
 	return func(ctx context.Context, e *env) (result, error) {
 		if *duration <= 0 || *rate < 1 || *publishers < 1 || *consumers < 1 || *every <= 0 {
@@ -61,7 +61,7 @@ func soakFlags(fs *flag.FlagSet) func(context.Context, *env) (result, error) {
 			return result{}, err
 		}
 		const queue = "bench-soak"
-		if err := dispatcher.DeclareQueue(ctx, db, queue, dispatcher.Options{Retention: *retention}); err != nil {
+		if err := dispatcher.DeclareQueue(ctx, db, queue, dispatcher.Options{DedupWindow: *dedupWindow}); err != nil {
 			return result{}, err
 		}
 		s := &soak{e: e, db: db}

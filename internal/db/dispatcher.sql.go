@@ -23,7 +23,7 @@ func (q *Queries) CheckJSONPath(ctx context.Context, filter string) error {
 
 const DeclareSubscriber = `-- name: DeclareSubscriber :one
 INSERT INTO postbox.subscribers AS s (name, kind, partitions, max_attempts, backoff_initial,
-                                      backoff_max, backoff_multiplier, retention, key_on_dead)
+                                      backoff_max, backoff_multiplier, dedup_window, key_on_dead)
 VALUES ($1, $2, $3, $4, $5, $6,
         $7, $8, $9)
 ON CONFLICT (name) DO UPDATE
@@ -32,7 +32,7 @@ SET partitions = excluded.partitions,
     backoff_initial = excluded.backoff_initial,
     backoff_max = excluded.backoff_max,
     backoff_multiplier = excluded.backoff_multiplier,
-    retention = excluded.retention,
+    dedup_window = excluded.dedup_window,
     key_on_dead = excluded.key_on_dead
 WHERE s.kind = excluded.kind
 RETURNING name
@@ -46,7 +46,7 @@ type DeclareSubscriberParams struct {
 	BackoffInitial    time.Duration
 	BackoffMax        time.Duration
 	BackoffMultiplier float64
-	Retention         time.Duration
+	DedupWindow       time.Duration
 	KeyOnDead         string
 }
 
@@ -61,7 +61,7 @@ func (q *Queries) DeclareSubscriber(ctx context.Context, arg DeclareSubscriberPa
 		arg.BackoffInitial,
 		arg.BackoffMax,
 		arg.BackoffMultiplier,
-		arg.Retention,
+		arg.DedupWindow,
 		arg.KeyOnDead,
 	)
 	var name string
@@ -120,7 +120,7 @@ func (q *Queries) EnsureTopicSubscriber(ctx context.Context, name string) (strin
 }
 
 const GetSubscriber = `-- name: GetSubscriber :one
-SELECT name, kind, partitions, max_attempts, backoff_initial, backoff_max, backoff_multiplier, retention, created_at, key_on_dead FROM postbox.subscribers WHERE name = $1
+SELECT name, kind, partitions, max_attempts, backoff_initial, backoff_max, backoff_multiplier, dedup_window, created_at, key_on_dead FROM postbox.subscribers WHERE name = $1
 `
 
 func (q *Queries) GetSubscriber(ctx context.Context, name string) (PostboxSubscriber, error) {
@@ -134,7 +134,7 @@ func (q *Queries) GetSubscriber(ctx context.Context, name string) (PostboxSubscr
 		&i.BackoffInitial,
 		&i.BackoffMax,
 		&i.BackoffMultiplier,
-		&i.Retention,
+		&i.DedupWindow,
 		&i.CreatedAt,
 		&i.KeyOnDead,
 	)
@@ -142,7 +142,7 @@ func (q *Queries) GetSubscriber(ctx context.Context, name string) (PostboxSubscr
 }
 
 const ListSubscribers = `-- name: ListSubscribers :many
-SELECT name, kind, partitions, max_attempts, backoff_initial, backoff_max, backoff_multiplier, retention, created_at, key_on_dead FROM postbox.subscribers ORDER BY name
+SELECT name, kind, partitions, max_attempts, backoff_initial, backoff_max, backoff_multiplier, dedup_window, created_at, key_on_dead FROM postbox.subscribers ORDER BY name
 `
 
 func (q *Queries) ListSubscribers(ctx context.Context) ([]PostboxSubscriber, error) {
@@ -162,7 +162,7 @@ func (q *Queries) ListSubscribers(ctx context.Context) ([]PostboxSubscriber, err
 			&i.BackoffInitial,
 			&i.BackoffMax,
 			&i.BackoffMultiplier,
-			&i.Retention,
+			&i.DedupWindow,
 			&i.CreatedAt,
 			&i.KeyOnDead,
 		); err != nil {

@@ -187,7 +187,7 @@ type PostboxSubscriber struct {
 	BackoffInitial    time.Duration
 	BackoffMax        time.Duration
 	BackoffMultiplier float64
-	Retention         time.Duration
+	DedupWindow       time.Duration
 	CreatedAt         time.Time
 	KeyOnDead         string
 }

@@ -29,11 +29,14 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 16 $$;
 COMMENT ON FUNCTION postbox.order_partitions() IS
     'Relay and order partitions: a message belongs to partition key_hash % 16. One relay at a time moves a partition, so per partition inbox seq order is commit order.';
 
+-- "Dedup window" everywhere: the column migration 1 called retention.
+ALTER TABLE postbox.subscribers RENAME COLUMN retention TO dedup_window;
+
 -- +goose StatementBegin
-CREATE FUNCTION postbox.default_retention() RETURNS interval
+CREATE FUNCTION postbox.default_dedup_window() RETURNS interval
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT interval '7 days' $$;
 -- +goose StatementEnd
-COMMENT ON FUNCTION postbox.default_retention() IS
+COMMENT ON FUNCTION postbox.default_dedup_window() IS
     'The dedup window of subscribers that were never declared (HandleOnce).';
 
 -- +goose StatementBegin
@@ -1817,5 +1820,6 @@ DROP FUNCTION postbox.inbox_lock_key(text);
 DROP FUNCTION postbox.key_hash(bytea);
 DROP FUNCTION postbox.outbox_slot();
 DROP FUNCTION postbox.utc_text(timestamptz);
-DROP FUNCTION postbox.default_retention();
+DROP FUNCTION postbox.default_dedup_window();
+ALTER TABLE postbox.subscribers RENAME COLUMN dedup_window TO retention;
 DROP FUNCTION postbox.order_partitions();

@@ -2,16 +2,16 @@
 -- Creates the subscriber or updates its settings. Returns no row when a
 -- subscriber of that name exists with the other kind.
 INSERT INTO postbox.subscribers AS s (name, kind, partitions, max_attempts, backoff_initial,
-                                      backoff_max, backoff_multiplier, retention, key_on_dead)
+                                      backoff_max, backoff_multiplier, dedup_window, key_on_dead)
 VALUES (@name, @kind, @partitions, @max_attempts, @backoff_initial, @backoff_max,
-        @backoff_multiplier, @retention, @key_on_dead)
+        @backoff_multiplier, @dedup_window, @key_on_dead)
 ON CONFLICT (name) DO UPDATE
 SET partitions = excluded.partitions,
     max_attempts = excluded.max_attempts,
     backoff_initial = excluded.backoff_initial,
     backoff_max = excluded.backoff_max,
     backoff_multiplier = excluded.backoff_multiplier,
-    retention = excluded.retention,
+    dedup_window = excluded.dedup_window,
     key_on_dead = excluded.key_on_dead
 WHERE s.kind = excluded.kind
 RETURNING name;

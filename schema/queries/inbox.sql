@@ -52,7 +52,7 @@ ON CONFLICT (subscriber, message_id) DO NOTHING;
 -- name: PurgeProcessed :execrows
 -- Forgets handled message IDs older than their subscriber's dedup window,
 -- at most batch_size of them. Subscribers that no longer exist, or never
--- were declared (HandleOnce), use postbox.default_retention(). The second
+-- were declared (HandleOnce), use postbox.default_dedup_window(). The second
 -- condition is the shortest window of all, a constant bound the BRIN index
 -- on processed_at can use; it must include that default window, or IDs of
 -- undeclared subscribers would be kept as long as the shortest declared one.
@@ -61,9 +61,9 @@ WHERE (p.subscriber, p.message_id) IN (
     SELECT pp.subscriber, pp.message_id
     FROM postbox.processed pp
     LEFT JOIN postbox.subscribers s ON s.name = pp.subscriber
-    WHERE pp.processed_at < now() - coalesce(s.retention, postbox.default_retention())
-      AND pp.processed_at < now() - least((SELECT min(retention) FROM postbox.subscribers),
-                                          postbox.default_retention())
+    WHERE pp.processed_at < now() - coalesce(s.dedup_window, postbox.default_dedup_window())
+      AND pp.processed_at < now() - least((SELECT min(dedup_window) FROM postbox.subscribers),
+                                          postbox.default_dedup_window())
     LIMIT @batch_size::integer);
 
 -- name: TryJanitorLock :one
