@@ -43,7 +43,7 @@ func ExampleSubscribe() {
 	}
 	r, _ := relay.New(pool, relay.Config{})
 	res, _ := r.Drain(ctx)
-	fmt.Printf("relayed %d messages as %d deliveries; %d matched no subscription\n", res.Claimed, res.Delivered, res.Unrouted)
+	fmt.Printf("relayed %d messages as %d deliveries; %d matched no subscription\n", res.Claimed, res.Delivered, res.Dropped)
 
 	for _, s := range subs {
 		var got []string

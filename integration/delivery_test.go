@@ -107,8 +107,8 @@ func TestQueueSendDeliversOnceAndTopicFansOut(t *testing.T) {
 	res := drain(t, ctx, pool)
 	// Deliveries: send 1; big 3; edge 3; small, noAmount and notJSON 2 each;
 	// shipped 1 (audit); other 0.
-	if res.Claimed != 8 || res.Delivered != 14 || res.Unrouted != 1 || res.NoRoute != 0 {
-		t.Errorf("drain = %+v, want 8 claimed, 14 delivered, 1 unrouted", res)
+	if res.Claimed != 8 || res.Delivered != 14 || res.Dropped != 1 || res.NoRoute != 0 {
+		t.Errorf("drain = %+v, want 8 claimed, 14 delivered, 1 dropped", res)
 	}
 
 	want := map[uuid.UUID][]string{

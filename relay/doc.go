@@ -41,7 +41,7 @@
 // queues, and content-based routing rules. Sends to undeclared queues, and
 // router sends no rule matches, become dead letters with last_error
 // 'no-route'; topic messages no subscription matches are counted in
-// Stats.Unrouted and dropped.
+// Stats.Dropped and dropped.
 //
 // With Config.Sink, the relay hands batches of one relay partition at a
 // time to the Sink instead, holding that partition with a session lock

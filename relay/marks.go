@@ -95,7 +95,7 @@ func (h *horizon) withBatch(ctx context.Context, pool *pgxpool.Pool, p db.RelayB
 	}
 	b.Queue(db.RelayBatch, p.BatchSize, p.MaxBytes, p.Marks, p.OnlyID).QueryRow(func(r pgx.Row) error {
 		return r.Scan(&row.Claimed, &row.Candidates, &row.MinID, &row.MaxID, &row.Bytes, &row.Delivered,
-			&row.Duplicates, &row.NoRoute, &row.Unrouted, &row.Parts, &row.Subscribers, &row.Traceparents)
+			&row.Duplicates, &row.NoRoute, &row.Dropped, &row.Parts, &row.Subscribers, &row.Traceparents)
 	})
 	err = pool.SendBatch(ctx, b).Close()
 	if !read {

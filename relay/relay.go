@@ -129,7 +129,7 @@ type Stats struct {
 	// Publish filled) shows up here.
 	Duplicates int64
 	NoRoute    int64 // queue sends that became no-route dead letters
-	Unrouted   int64 // topic messages no subscription matched
+	Dropped    int64 // topic messages no subscription matched
 	// Quarantined are outbox rows the relay statement failed on alone,
 	// moved to the dead letters of subscriber "_relay" with the error.
 	Quarantined int64
@@ -159,7 +159,7 @@ type Relay struct {
 	lastOK    atomic.Int64 // unix nanos of the last statement that succeeded
 	lastMoved atomic.Int64 // unix nanos of the last batch that moved messages
 
-	batches, claimed, delivered, duplicates, noRoute, unrouted, quarantined, emptied, errs atomic.Int64
+	batches, claimed, delivered, duplicates, noRoute, dropped, quarantined, emptied, errs atomic.Int64
 }
 
 // New returns a relay over pool.
@@ -182,7 +182,7 @@ func (r *Relay) Stats() Stats {
 		Delivered:   r.delivered.Load(),
 		Duplicates:  r.duplicates.Load(),
 		NoRoute:     r.noRoute.Load(),
-		Unrouted:    r.unrouted.Load(),
+		Dropped:     r.dropped.Load(),
 		Quarantined: r.quarantined.Load(),
 		Emptied:     r.emptied.Load(),
 		Errors:      r.errs.Load(),
@@ -206,7 +206,7 @@ func unixNano(n int64) time.Time {
 
 // Result is what one batch did.
 type Result struct {
-	Claimed, Delivered, Duplicates, NoRoute, Unrouted, Quarantined int
+	Claimed, Delivered, Duplicates, NoRoute, Dropped, Quarantined int
 	// More reports that the batch was cut by BatchSize or MaxBatchBytes:
 	// more messages are likely waiting.
 	More bool
@@ -217,7 +217,7 @@ func (a *Result) add(b Result) {
 	a.Delivered += b.Delivered
 	a.Duplicates += b.Duplicates
 	a.NoRoute += b.NoRoute
-	a.Unrouted += b.Unrouted
+	a.Dropped += b.Dropped
 	a.Quarantined += b.Quarantined
 }
 
@@ -256,7 +256,7 @@ func (r *Relay) count(res Result) {
 	r.delivered.Add(int64(res.Delivered))
 	r.duplicates.Add(int64(res.Duplicates))
 	r.noRoute.Add(int64(res.NoRoute))
-	r.unrouted.Add(int64(res.Unrouted))
+	r.dropped.Add(int64(res.Dropped))
 	r.quarantined.Add(int64(res.Quarantined))
 }
 
@@ -277,7 +277,7 @@ func (r *Relay) batch(ctx context.Context) (Result, error) {
 	full := int(row.Candidates) >= int(params.BatchSize) || row.Claimed < row.Candidates
 	r.idle = row.Claimed == 0
 	res := Result{Claimed: int(row.Claimed), Delivered: int(row.Delivered), Duplicates: int(row.Duplicates),
-		NoRoute: int(row.NoRoute), Unrouted: int(row.Unrouted), More: full}
+		NoRoute: int(row.NoRoute), Dropped: int(row.Dropped), More: full}
 	r.marks.advance(row.Parts, hz, full, row.MaxID)
 	r.wake(ctx, row.Subscribers)
 	if r.cfg.OnBatch != nil && res.Claimed > 0 {

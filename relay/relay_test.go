@@ -100,12 +100,12 @@ func TestDrainCountsAndBatches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := relay.Result{Claimed: 26, Delivered: 40, NoRoute: 1, Unrouted: 5}
+	want := relay.Result{Claimed: 26, Delivered: 40, NoRoute: 1, Dropped: 5}
 	if res != want {
 		t.Errorf("Drain = %+v, want %+v", res, want)
 	}
 	st := r.Stats()
-	if st.Batches != 4 || st.Claimed != 26 || st.Delivered != 40 || st.NoRoute != 1 || st.Unrouted != 5 || st.Errors != 0 {
+	if st.Batches != 4 || st.Claimed != 26 || st.Delivered != 40 || st.NoRoute != 1 || st.Dropped != 5 || st.Errors != 0 {
 		t.Errorf("Stats = %+v, want 4 batches of at most 7 and the Drain totals", st)
 	}
 	var outboxRows, inboxRows, dead int

@@ -42,8 +42,8 @@ func TestDeeplyNestedPayloadDoesNotStopTheRelay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Claimed != 2 || res.Delivered != 1 || res.Unrouted != 1 {
-		t.Fatalf("drain = %+v, want 2 claimed, 1 delivered (to other), 1 unrouted", res)
+	if res.Claimed != 2 || res.Delivered != 1 || res.Dropped != 1 {
+		t.Fatalf("drain = %+v, want 2 claimed, 1 delivered (to other), 1 dropped", res)
 	}
 }
 

@@ -134,7 +134,7 @@ func TestReadIsBoundedWhateverTheBacklog(t *testing.T) {
 	near("big's dead", big.Dead, 2*parked)
 	near("big's blocked", big.Blocked, 2*parked*2/3)
 	near("big's backoff", big.InBackoff, 2*parked/3)
-	near("outbox", ov.Outbox.Waiting, 2*outbox)
+	near("outbox", ov.Outbox.Pending, 2*outbox)
 	if big.Lag < 2*time.Hour-time.Minute || big.Lag > 2*time.Hour+time.Minute {
 		t.Errorf("big's lag = %v, want the two hours of its oldest parked delivery", big.Lag)
 	}

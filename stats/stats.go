@@ -142,16 +142,17 @@ type Subscriber struct {
 
 // Backlog is the outbox: messages committed and not yet relayed.
 type Backlog struct {
-	// Waiting messages; Due those of them due now (no DeliverAt, or past).
-	Waiting Count `json:"waiting"`
+	// Pending messages (committed, not yet relayed); Due those of them due
+	// now (no DeliverAt, or past).
+	Pending Count `json:"pending"`
 	Due     Count `json:"due"`
-	// Oldest is when the oldest waiting message (the relay's next) was
+	// Oldest is when the oldest pending message (the relay's next) was
 	// created, zero when the outbox is empty; Age is its age.
 	Oldest time.Time     `json:"oldest,omitzero"`
 	Age    time.Duration `json:"age_ns"`
 	// OldestDue is since when the oldest due message has been due (the
 	// later of its creation and its DeliverAt); DueAge is its age. Due
-	// messages waiting long mean no relay is moving them.
+	// messages pending long mean no relay is moving them.
 	OldestDue time.Time     `json:"oldest_due,omitzero"`
 	DueAge    time.Duration `json:"due_age_ns"`
 	// Scheduled messages wait in postbox.scheduled for their DeliverAt (the
@@ -599,10 +600,10 @@ func (r *reader) outbox(ctx context.Context) (Backlog, error) {
 		return Backlog{}, fmt.Errorf("stats: outbox: %w", err)
 	}
 	limit := int64(r.opts.Cap)
-	b := Backlog{Waiting: exact(row.N), Due: exact(row.Due), Scheduled: Count{N: row.Scheduled, Exact: row.Scheduled < limit}}
+	b := Backlog{Pending: exact(row.N), Due: exact(row.Due), Scheduled: Count{N: row.Scheduled, Exact: row.Scheduled < limit}}
 	if row.N >= limit {
 		total := max(row.N, row.LastID-row.OldestID+1)
-		b.Waiting = Count{N: total}
+		b.Pending = Count{N: total}
 		b.Due = Count{N: row.Due * total / row.N}
 	}
 	if row.HasOldest {

@@ -144,7 +144,7 @@ func TestReadIsExactOnASmallBacklog(t *testing.T) {
 	}
 
 	o := ov.Outbox
-	if o.Waiting != count(3) || o.Due != count(2) || o.Oldest.IsZero() || o.OldestDue.IsZero() || o.Scheduled != count(0) {
+	if o.Pending != count(3) || o.Due != count(2) || o.Oldest.IsZero() || o.OldestDue.IsZero() || o.Scheduled != count(0) {
 		t.Errorf("outbox = %+v, want 3 waiting of which 2 due", o)
 	}
 	if o.Age < 0 || o.Age > time.Minute {

@@ -42,7 +42,7 @@ status 1 when any check finds a problem (or cannot run), 0 when all pass.
   no-route           dead letters of sends to a queue that is not declared
   quarantine         outbox rows the relay could not move (dead letters of
                      ` + dlq.Relay + `)
-  unrouted-topics    topics in the outbox no subscription matches (the relay
+  dropped-topics     topics in the outbox no subscription matches (the relay
                      drops them; postbox_relay_unrouted_total counts them)
   replication-slots  slots keeping more than --slot-wal of WAL, or inactive
                      ones holding the xmin horizon back
@@ -59,7 +59,7 @@ test server that runs without it.`
 // doctorChecks are the checks, in the order they run and print.
 var doctorChecks = []string{
 	"long-transactions", "dead-tuples", "bloat", "relay", "consumers", "blocked-keys", "no-route",
-	"quarantine", "unrouted-topics", "replication-slots", "timeouts", "autovacuum",
+	"quarantine", "dropped-topics", "replication-slots", "timeouts", "autovacuum",
 }
 
 // doctorOptions are the thresholds.
@@ -208,7 +208,7 @@ func runDoctor(ctx context.Context, pool *pgxpool.Pool, o doctorOptions) doctorR
 		"blocked-keys":      d.blockedKeys,
 		"no-route":          d.noRoute,
 		"quarantine":        d.quarantine,
-		"unrouted-topics":   d.unroutedTopics,
+		"dropped-topics":    d.droppedTopics,
 		"replication-slots": d.replicationSlots,
 		"timeouts":          d.timeouts,
 		"autovacuum":        d.autovacuum,
@@ -349,7 +349,7 @@ func (d *doctor) relay(ctx context.Context, r *checkResult) error {
 			"%s due outbox messages wait, the oldest for %s: no relay is moving them (%d sessions named postbox-relay are connected)",
 			b.Due, roundAge(b.DueAge.Seconds()), n)
 	}
-	r.Summary = fmt.Sprintf("no due outbox message has waited more than %s (%s waiting)", duration(d.o.relayLag), b.Waiting)
+	r.Summary = fmt.Sprintf("no due outbox message has waited more than %s (%s pending)", duration(d.o.relayLag), b.Pending)
 	return nil
 }
 
@@ -450,8 +450,8 @@ func (d *doctor) quarantine(ctx context.Context, r *checkResult) error {
 	return nil
 }
 
-func (d *doctor) unroutedTopics(ctx context.Context, r *checkResult) error {
-	rows, err := d.q.DoctorUnroutedTopics(ctx)
+func (d *doctor) droppedTopics(ctx context.Context, r *checkResult) error {
+	rows, err := d.q.DoctorDroppedTopics(ctx)
 	if err != nil {
 		return err
 	}

@@ -199,7 +199,7 @@ func TestDoctorFindsProblems(t *testing.T) {
 				sqlExec(t, pool, `INSERT INTO postbox.dead_letters (subscriber, message_id, part, seq, key_hash, topic, payload, created_at, last_error)
 					VALUES ('_relay', gen_random_uuid(), 0, 1, 0, 'orders.created', '{}', now(), 'relay: value too long')`)
 			}},
-		{"unrouted-topics", []string{`topic "nobody.listens"`, "no subscription"}, nil,
+		{"dropped-topics", []string{`topic "nobody.listens"`, "no subscription"}, nil,
 			func(t *testing.T, ctx context.Context, pool *pgxpool.Pool) {
 				subscribe(t, pool, "orders.#", "billing")
 				if err := outbox.Publish(ctx, pool, &postbox.Message{Topic: "nobody.listens", Payload: []byte(`{}`)}); err != nil {

@@ -127,9 +127,9 @@ func (s *server) stalled(ctx context.Context) error {
 // relayCollector reports a relay's counters (relay.Stats) and when it last
 // succeeded, at scrape time.
 type relayCollector struct {
-	r                                                                  *relay.Relay // set once the relay exists
-	messages, deliveries, duplicates, batches, unrouted, noRoute, errs *prometheus.Desc
-	quarantined, emptied, lastSuccess, lastMoved                       *prometheus.Desc
+	r                                                                 *relay.Relay // set once the relay exists
+	messages, deliveries, duplicates, batches, dropped, noRoute, errs *prometheus.Desc
+	quarantined, emptied, lastSuccess, lastMoved                      *prometheus.Desc
 	// duration of the batches that moved messages, from OnBatch
 	duration prometheus.Histogram
 }
@@ -143,7 +143,7 @@ func newRelayCollector() *relayCollector {
 		deliveries: d("deliveries_total", "Deliveries (one per subscriber and message) written to the inbox stream by this relay."),
 		duplicates: d("duplicates_total", "Deliveries dropped because the subscriber had already handled the message ID."),
 		batches:    d("batches_total", "Relay transactions that moved at least one message."),
-		unrouted:   d("unrouted_total", "Topic messages no subscription matched, dropped."),
+		dropped:    d("dropped_total", "Topic messages no subscription matched, dropped."),
 		noRoute:    d("no_route_total", "Queue sends to an undeclared queue, kept as no-route dead letters."),
 		errs:       d("errors_total", "Relay batches that failed and were retried."),
 		quarantined: d("quarantined_total",
@@ -164,7 +164,7 @@ func newRelayCollector() *relayCollector {
 func (c *relayCollector) observe(b relay.BatchInfo) { c.duration.Observe(b.Duration.Seconds()) }
 
 func (c *relayCollector) descs() []*prometheus.Desc {
-	return []*prometheus.Desc{c.messages, c.deliveries, c.duplicates, c.batches, c.unrouted, c.noRoute, c.errs,
+	return []*prometheus.Desc{c.messages, c.deliveries, c.duplicates, c.batches, c.dropped, c.noRoute, c.errs,
 		c.quarantined, c.emptied, c.lastSuccess, c.lastMoved}
 }
 
@@ -190,7 +190,7 @@ func (c *relayCollector) Collect(ch chan<- prometheus.Metric) {
 		v int64
 	}{
 		{c.messages, st.Claimed}, {c.deliveries, st.Delivered}, {c.duplicates, st.Duplicates}, {c.batches, st.Batches},
-		{c.unrouted, st.Unrouted}, {c.noRoute, st.NoRoute}, {c.errs, st.Errors},
+		{c.dropped, st.Dropped}, {c.noRoute, st.NoRoute}, {c.errs, st.Errors},
 		{c.quarantined, st.Quarantined}, {c.emptied, st.Emptied},
 	} {
 		ch <- prometheus.MustNewConstMetric(m.d, prometheus.CounterValue, float64(m.v))
@@ -209,7 +209,7 @@ type dbCollector struct {
 	pool *pgxpool.Pool
 	log  *slog.Logger
 
-	up, outboxWaiting, outboxDue, lag, depth, waiting, exact, dead, oldest, handled *prometheus.Desc
+	up, outboxPending, outboxDue, lag, depth, waiting, exact, dead, oldest, handled *prometheus.Desc
 }
 
 func newDBCollector(pool *pgxpool.Pool, log *slog.Logger) *dbCollector {
@@ -219,7 +219,7 @@ func newDBCollector(pool *pgxpool.Pool, log *slog.Logger) *dbCollector {
 		log:  log,
 		up: prometheus.NewDesc("postbox_database_up",
 			"1 if the backlog queries of this scrape succeeded, else 0 (the postbox_ gauges below are then missing).", nil, nil),
-		outboxWaiting: prometheus.NewDesc("postbox_outbox_waiting",
+		outboxPending: prometheus.NewDesc("postbox_outbox_pending",
 			fmt.Sprintf("Committed outbox messages not yet relayed: exact up to %d, estimated past it.", stats.DefaultCap), nil, nil),
 		outboxDue: prometheus.NewDesc("postbox_outbox_due",
 			"Outbox messages due now (no DeliverAt, or past): exact up to the cap, estimated past it.", nil, nil),
@@ -244,7 +244,7 @@ func newDBCollector(pool *pgxpool.Pool, log *slog.Logger) *dbCollector {
 }
 
 func (c *dbCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.up, c.outboxWaiting, c.outboxDue, c.lag, c.depth, c.waiting, c.exact, c.dead, c.oldest, c.handled} {
+	for _, d := range []*prometheus.Desc{c.up, c.outboxPending, c.outboxDue, c.lag, c.depth, c.waiting, c.exact, c.dead, c.oldest, c.handled} {
 		ch <- d
 	}
 }
@@ -262,7 +262,7 @@ func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 	gauge(c.up, 1)
-	gauge(c.outboxWaiting, float64(ov.Outbox.Waiting.N))
+	gauge(c.outboxPending, float64(ov.Outbox.Pending.N))
 	gauge(c.outboxDue, float64(ov.Outbox.Due.N))
 	gauge(c.lag, ov.Outbox.Age.Seconds())
 	for _, s := range ov.Subscribers {

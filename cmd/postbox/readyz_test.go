@@ -133,7 +133,7 @@ func TestMetricsOnALargeBacklog(t *testing.T) {
 		}
 	}
 	near(`postbox_inbox_depth{state="ready",subscriber="billing"}`, inboxRows, 0.2)
-	near("postbox_outbox_waiting", outboxRows, 0.2)
+	near("postbox_outbox_pending", outboxRows, 0.2)
 	near(`postbox_inbox_oldest_pending_seconds{subscriber="billing"}`, 3600, 0.05)
 	near("postbox_relay_lag_seconds", 1800, 0.05)
 	if got := metric(body, `postbox_inbox_depth_exact{subscriber="billing"}`); got != 0 {

@@ -128,9 +128,9 @@ func TestRelayServesHealthReadinessAndMetrics(t *testing.T) {
 	for series, want := range map[string]float64{
 		"postbox_relay_deliveries_total":                            200,
 		"postbox_relay_no_route_total":                              1,
-		"postbox_relay_unrouted_total":                              0,
+		"postbox_relay_dropped_total":                               0,
 		"postbox_relay_errors_total":                                0,
-		"postbox_outbox_waiting":                                    0,
+		"postbox_outbox_pending":                                    0,
 		"postbox_relay_lag_seconds":                                 0,
 		"postbox_database_up":                                       1,
 		`postbox_inbox_depth{state="ready",subscriber="billing"}`:   100,

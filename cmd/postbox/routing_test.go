@@ -123,11 +123,11 @@ func TestStats(t *testing.T) {
 	if rep.Subscribers[0].OldestPendingSeconds <= 0 {
 		t.Errorf("billing's oldest pending age = %v, want > 0", rep.Subscribers[0].OldestPendingSeconds)
 	}
-	if rep.Outbox.Waiting != 4 || rep.Outbox.OldestSeconds <= 0 {
+	if rep.Outbox.Pending != 4 || rep.Outbox.OldestSeconds <= 0 {
 		t.Errorf("outbox = %+v, want 4 waiting with an age", rep.Outbox)
 	}
 	out := runOK(t, url, "stats")
-	for _, s := range []string{"SUBSCRIBER", "IN BACKOFF", "billing", "undeclared", "outbox: 4 waiting"} {
+	for _, s := range []string{"SUBSCRIBER", "IN BACKOFF", "billing", "undeclared", "outbox: 4 pending"} {
 		if !strings.Contains(out, s) {
 			t.Errorf("stats table lacks %q:\n%s", s, out)
 		}

@@ -35,7 +35,7 @@ type subscriberStats struct {
 }
 
 type outboxStats struct {
-	Waiting       int64   `json:"waiting"`
+	Pending       int64   `json:"pending"`
 	Due           int64   `json:"due"`
 	OldestSeconds float64 `json:"oldest_seconds"`
 	Estimated     bool    `json:"estimated,omitempty"`
@@ -99,8 +99,8 @@ leading ~, and listed under "estimated" in --json).`)
 	if len(rep.Subscribers) == 0 {
 		fmt.Fprintln(c.stdout, "(no subscribers)")
 	}
-	_, err = fmt.Fprintf(c.stdout, "\noutbox: %s waiting, %s due, oldest %s\n",
-		ov.Outbox.Waiting, ov.Outbox.Due, age(rep.Outbox.OldestSeconds))
+	_, err = fmt.Fprintf(c.stdout, "\noutbox: %s pending, %s due, oldest %s\n",
+		ov.Outbox.Pending, ov.Outbox.Due, age(rep.Outbox.OldestSeconds))
 	return err
 }
 
@@ -108,8 +108,8 @@ func newStatsReport(ov stats.Overview) statsReport {
 	rep := statsReport{
 		Subscribers: make([]subscriberStats, len(ov.Subscribers)),
 		Outbox: outboxStats{
-			Waiting: ov.Outbox.Waiting.N, Due: ov.Outbox.Due.N, OldestSeconds: ov.Outbox.Age.Seconds(),
-			Estimated: !ov.Outbox.Waiting.Exact,
+			Pending: ov.Outbox.Pending.N, Due: ov.Outbox.Due.N, OldestSeconds: ov.Outbox.Age.Seconds(),
+			Estimated: !ov.Outbox.Pending.Exact,
 		},
 	}
 	for i, s := range ov.Subscribers {

@@ -45,7 +45,7 @@ const (
 	AttrRelayDelivered   = attribute.Key("messaging.postbox.relay.delivered")
 	AttrRelayDuplicates  = attribute.Key("messaging.postbox.relay.duplicates")
 	AttrRelayNoRoute     = attribute.Key("messaging.postbox.relay.no_route")
-	AttrRelayUnrouted    = attribute.Key("messaging.postbox.relay.unrouted")
+	AttrRelayDropped     = attribute.Key("messaging.postbox.relay.dropped")
 	AttrRelaySubscribers = attribute.Key("messaging.postbox.relay.subscribers")
 )
 

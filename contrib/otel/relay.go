@@ -37,7 +37,7 @@ func (t *Telemetry) OnRelayBatch(info relay.BatchInfo) {
 		AttrRelayDelivered.Int(info.Delivered),
 		AttrRelayDuplicates.Int(info.Duplicates),
 		AttrRelayNoRoute.Int(info.NoRoute),
-		AttrRelayUnrouted.Int(info.Unrouted))
+		AttrRelayDropped.Int(info.Dropped))
 	if len(info.Subscribers) > 0 {
 		attrs = append(attrs, AttrRelaySubscribers.StringSlice(info.Subscribers))
 	}

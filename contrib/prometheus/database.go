@@ -29,7 +29,7 @@ type Database struct {
 	db  postbox.DBTX
 	cfg DatabaseConfig
 
-	up, outboxWaiting, outboxDue, lag, depth, waiting, exact, dead, oldest, handled *prometheus.Desc
+	up, outboxPending, outboxDue, lag, depth, waiting, exact, dead, oldest, handled *prometheus.Desc
 }
 
 // NewDatabase returns the collector of the database db (a pool, usually).
@@ -47,7 +47,7 @@ func NewDatabase(db postbox.DBTX, cfg DatabaseConfig) *Database {
 		cfg: cfg,
 		up: prometheus.NewDesc("postbox_database_up",
 			"1 if the backlog queries of this scrape succeeded, else 0 (the postbox_ gauges below are then missing).", nil, cl),
-		outboxWaiting: prometheus.NewDesc("postbox_outbox_waiting",
+		outboxPending: prometheus.NewDesc("postbox_outbox_pending",
 			"Committed outbox messages not yet relayed: exact up to the cap, estimated past it.", nil, cl),
 		outboxDue: prometheus.NewDesc("postbox_outbox_due",
 			"Outbox messages due now (no DeliverAt, or past): exact up to the cap, estimated past it.", nil, cl),
@@ -72,7 +72,7 @@ func NewDatabase(db postbox.DBTX, cfg DatabaseConfig) *Database {
 
 // Describe implements prometheus.Collector.
 func (d *Database) Describe(ch chan<- *prometheus.Desc) {
-	for _, desc := range []*prometheus.Desc{d.up, d.outboxWaiting, d.outboxDue, d.lag, d.depth, d.waiting, d.exact, d.dead, d.oldest, d.handled} {
+	for _, desc := range []*prometheus.Desc{d.up, d.outboxPending, d.outboxDue, d.lag, d.depth, d.waiting, d.exact, d.dead, d.oldest, d.handled} {
 		ch <- desc
 	}
 }
@@ -91,7 +91,7 @@ func (d *Database) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	gauge(d.up, 1)
-	gauge(d.outboxWaiting, float64(ov.Outbox.Waiting.N))
+	gauge(d.outboxPending, float64(ov.Outbox.Pending.N))
 	gauge(d.outboxDue, float64(ov.Outbox.Due.N))
 	gauge(d.lag, ov.Outbox.Age.Seconds())
 	for _, s := range ov.Subscribers {

@@ -40,7 +40,7 @@
 // consumers' and relays' own Stats, read at scrape time.
 //
 // Metrics of the database (Database), the same as the binary's /metrics:
-// postbox_database_up, postbox_outbox_waiting, postbox_outbox_due,
+// postbox_database_up, postbox_outbox_pending, postbox_outbox_due,
 // postbox_relay_lag_seconds, postbox_inbox_depth{subscriber,state},
 // postbox_inbox_waiting{subscriber,reason}, postbox_inbox_depth_exact,
 // postbox_dead_letters, postbox_inbox_oldest_pending_seconds and

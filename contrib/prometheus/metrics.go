@@ -97,7 +97,7 @@ func New(cfg Config) *Metrics {
 	rc("deliveries_total", "Deliveries (one per subscriber and message) written to the inbox stream.", func(s relay.Stats) int64 { return s.Delivered })
 	rc("duplicates_total", "Deliveries dropped because the subscriber had already handled the message ID.", func(s relay.Stats) int64 { return s.Duplicates })
 	rc("batches_total", "Relay statements that moved at least one message.", func(s relay.Stats) int64 { return s.Batches })
-	rc("unrouted_total", "Topic messages no subscription matched, dropped.", func(s relay.Stats) int64 { return s.Unrouted })
+	rc("dropped_total", "Topic messages no subscription matched, dropped.", func(s relay.Stats) int64 { return s.Dropped })
 	rc("no_route_total", "Queue sends to an undeclared queue, kept as no-route dead letters.", func(s relay.Stats) int64 { return s.NoRoute })
 	rc("errors_total", "Relay statements that failed and were retried.", func(s relay.Stats) int64 { return s.Errors })
 	rc("quarantined_total", "Outbox rows the relay could not move, quarantined as dead letters of _relay.", func(s relay.Stats) int64 { return s.Quarantined })

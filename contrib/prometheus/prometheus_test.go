@@ -97,7 +97,7 @@ func TestMetricsOfConsumersAndRelays(t *testing.T) {
 		`postbox_dead_letters{service="test",subscriber="billing"}`:                          1,
 		`postbox_inbox_depth{service="test",state="ready",subscriber="billing"}`:             0,
 		`postbox_inbox_depth_exact{service="test",subscriber="billing"}`:                     1,
-		`postbox_outbox_waiting{service="test"}`:                                             0,
+		`postbox_outbox_pending{service="test"}`:                                             0,
 	} {
 		if got := sample(t, reg, series); got != want {
 			t.Errorf("%s = %v, want %v", series, got, want)

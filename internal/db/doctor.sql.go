@@ -52,6 +52,45 @@ func (q *Queries) DoctorCanReadAllStats(ctx context.Context) (bool, error) {
 	return can, err
 }
 
+const DoctorDroppedTopics = `-- name: DoctorDroppedTopics :many
+SELECT o.topic::text AS topic, count(*)::bigint AS messages
+FROM (SELECT ob.topic, ob.is_queue FROM postbox.outbox ob ORDER BY ob.id LIMIT 1000) o
+WHERE NOT o.is_queue
+  AND NOT EXISTS (SELECT 1 FROM postbox.subscriptions s
+                  WHERE s.topic_pattern = o.topic
+                     OR (s.topic_regex IS NOT NULL AND ('.' || o.topic) ~ s.topic_regex))
+GROUP BY o.topic
+ORDER BY 2 DESC, 1
+LIMIT 10
+`
+
+type DoctorDroppedTopicsRow struct {
+	Topic    string
+	Messages int64
+}
+
+// Topics of the oldest 1000 outbox messages that no subscription's pattern
+// matches (filters aside): the relay will drop them (relay.Stats.Dropped).
+func (q *Queries) DoctorDroppedTopics(ctx context.Context) ([]DoctorDroppedTopicsRow, error) {
+	rows, err := q.db.Query(ctx, DoctorDroppedTopics)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []DoctorDroppedTopicsRow
+	for rows.Next() {
+		var i DoctorDroppedTopicsRow
+		if err := rows.Scan(&i.Topic, &i.Messages); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const DoctorLongTransactions = `-- name: DoctorLongTransactions :many
 
 SELECT a.pid::integer AS pid,
@@ -355,45 +394,6 @@ func (q *Queries) DoctorTables(ctx context.Context) ([]DoctorTablesRow, error) {
 			&i.VacuumAgeSeconds,
 			&i.LastWasAuto,
 		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const DoctorUnroutedTopics = `-- name: DoctorUnroutedTopics :many
-SELECT o.topic::text AS topic, count(*)::bigint AS messages
-FROM (SELECT ob.topic, ob.is_queue FROM postbox.outbox ob ORDER BY ob.id LIMIT 1000) o
-WHERE NOT o.is_queue
-  AND NOT EXISTS (SELECT 1 FROM postbox.subscriptions s
-                  WHERE s.topic_pattern = o.topic
-                     OR (s.topic_regex IS NOT NULL AND ('.' || o.topic) ~ s.topic_regex))
-GROUP BY o.topic
-ORDER BY 2 DESC, 1
-LIMIT 10
-`
-
-type DoctorUnroutedTopicsRow struct {
-	Topic    string
-	Messages int64
-}
-
-// Topics of the oldest 1000 outbox messages that no subscription's pattern
-// matches (filters aside): the relay will drop them (relay.Stats.Unrouted).
-func (q *Queries) DoctorUnroutedTopics(ctx context.Context) ([]DoctorUnroutedTopicsRow, error) {
-	rows, err := q.db.Query(ctx, DoctorUnroutedTopics)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var items []DoctorUnroutedTopicsRow
-	for rows.Next() {
-		var i DoctorUnroutedTopicsRow
-		if err := rows.Scan(&i.Topic, &i.Messages); err != nil {
 			return nil, err
 		}
 		items = append(items, i)

@@ -83,7 +83,7 @@ const RelayBatch = `-- name: RelayBatch :one
 SELECT r.claimed::integer AS claimed, r.candidates::integer AS candidates, r.min_id::bigint AS min_id,
        r.max_id::bigint AS max_id,
        r.bytes::bigint AS bytes, r.delivered::integer AS delivered, r.duplicates::integer AS duplicates,
-       r.no_route::integer AS no_route, r.unrouted::integer AS unrouted,
+       r.no_route::integer AS no_route, r.dropped::integer AS dropped,
        r.parts::smallint[] AS parts, r.subscribers::text[] AS subscribers,
        r.traceparents::text[] AS traceparents
 FROM postbox.relay_batch($1::integer, $2::bigint, $3::bigint[],
@@ -106,7 +106,7 @@ type RelayBatchRow struct {
 	Delivered    int32
 	Duplicates   int32
 	NoRoute      int32
-	Unrouted     int32
+	Dropped      int32
 	Parts        []int16
 	Subscribers  []string
 	Traceparents []string
@@ -131,7 +131,7 @@ func (q *Queries) RelayBatch(ctx context.Context, arg RelayBatchParams) (RelayBa
 		&i.Delivered,
 		&i.Duplicates,
 		&i.NoRoute,
-		&i.Unrouted,
+		&i.Dropped,
 		&i.Parts,
 		&i.Subscribers,
 		&i.Traceparents,

@@ -833,7 +833,7 @@ $$;
 CREATE FUNCTION postbox.relay_batch(p_batch_size integer, p_max_bytes bigint, p_marks bigint[],
                                     p_only_id bigint DEFAULT NULL)
 RETURNS TABLE (claimed integer, candidates integer, min_id bigint, max_id bigint, bytes bigint, delivered integer,
-               duplicates integer, no_route integer, unrouted integer, parts smallint[],
+               duplicates integer, no_route integer, dropped integer, parts smallint[],
                subscribers text[], traceparents text[])
 LANGUAGE plpgsql
 SET jit = off
@@ -912,7 +912,7 @@ BEGIN
               ORDER BY t.name, m.message_id, m.id) u
         ORDER BY u.id, u.subscriber
         RETURNING postbox.inbox.subscriber
-    ), dropped AS (
+    ), no_route AS (
         INSERT INTO postbox.dead_letters (subscriber, message_id, part, seq, key_hash, is_queue, topic, type,
                                           key, payload, headers, created_at, last_error, last_error_at, dead_at)
         SELECT m.topic, m.message_id, (m.key_hash % postbox.order_partitions())::smallint,
@@ -932,7 +932,8 @@ BEGIN
            (SELECT count(*) FROM delivered)::integer,
            -- routed deliveries dropped: handled already, or a second copy
            ((SELECT coalesce(sum(cardinality(m.subs)), 0) FROM moved m) - (SELECT count(*) FROM delivered))::integer,
-           (SELECT count(*) FROM dropped)::integer,
+           (SELECT count(*) FROM no_route)::integer,
+           -- topic messages no subscription matched: dropped
            (SELECT count(*) FROM moved m WHERE NOT m.is_queue AND cardinality(m.subs) = 0)::integer,
            (SELECT coalesce(array_agg(lp.part ORDER BY lp.part), '{}') FROM lp),
            (SELECT coalesce(array_agg(DISTINCT d.subscriber), '{}') FROM delivered d),

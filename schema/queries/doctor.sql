@@ -102,9 +102,9 @@ WHERE coalesce(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_re
    OR (NOT s.active AND (s.xmin IS NOT NULL OR s.catalog_xmin IS NOT NULL))
 ORDER BY 4 DESC;
 
--- name: DoctorUnroutedTopics :many
+-- name: DoctorDroppedTopics :many
 -- Topics of the oldest 1000 outbox messages that no subscription's pattern
--- matches (filters aside): the relay will drop them (relay.Stats.Unrouted).
+-- matches (filters aside): the relay will drop them (relay.Stats.Dropped).
 SELECT o.topic::text AS topic, count(*)::bigint AS messages
 FROM (SELECT ob.topic, ob.is_queue FROM postbox.outbox ob ORDER BY ob.id LIMIT 1000) o
 WHERE NOT o.is_queue

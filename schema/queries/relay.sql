@@ -4,7 +4,7 @@
 SELECT r.claimed::integer AS claimed, r.candidates::integer AS candidates, r.min_id::bigint AS min_id,
        r.max_id::bigint AS max_id,
        r.bytes::bigint AS bytes, r.delivered::integer AS delivered, r.duplicates::integer AS duplicates,
-       r.no_route::integer AS no_route, r.unrouted::integer AS unrouted,
+       r.no_route::integer AS no_route, r.dropped::integer AS dropped,
        r.parts::smallint[] AS parts, r.subscribers::text[] AS subscribers,
        r.traceparents::text[] AS traceparents
 FROM postbox.relay_batch(@batch_size::integer, @max_bytes::bigint, @marks::bigint[],
