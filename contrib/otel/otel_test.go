@@ -129,7 +129,7 @@ func (b *bundle) metrics(t *testing.T) map[string]metricdata.Metrics {
 // has reports whether set holds every attribute of want.
 func has(set attribute.Set, want map[string]string) bool {
 	for k, v := range want {
-		if got, ok := set.Value(attribute.Key(k)); !ok || got.Emit() != v {
+		if got, ok := set.Value(attribute.Key(k)); !ok || got.String() != v {
 			return false
 		}
 	}

@@ -203,6 +203,6 @@ type errBatchResults struct{ err error }
 
 func (r errBatchResults) Exec() (pgconn.CommandTag, error) { return pgconn.CommandTag{}, r.err }
 func (r errBatchResults) Query() (pgx.Rows, error)         { return nil, r.err }
-func (r errBatchResults) QueryRow() pgx.Row                { return errRow{r.err} }
+func (r errBatchResults) QueryRow() pgx.Row                { return errRow(r) }
 func (r errBatchResults) Close() error                     { return r.err }
 func (r errBatchResults) Tx() pgx.Tx                       { return nil }
