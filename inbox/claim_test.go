@@ -125,4 +125,7 @@ func TestOneNotificationWakesOneClaim(t *testing.T) {
 	if claims := c.Stats().Claims - before; claims > 3 {
 		t.Fatalf("one notification cost %d claims, want at most 3 (its own, the one that finds nothing, and the listener's start)", claims)
 	}
+	if s := c.Stats(); s.ClaimTime <= 0 {
+		t.Errorf("ClaimTime %s after %d claims, want their time", s.ClaimTime, s.Claims)
+	}
 }

@@ -158,6 +158,10 @@ type Stats struct {
 	// Conflicts counts claimed partitions another consumer took first;
 	// their deliveries were left to it.
 	Conflicts int64
+	// ClaimTime is the time spent in claim statements, empty ones
+	// included: ClaimTime / Claims rising while the backlog stays flat is
+	// the first sign of a claim walking what vacuum could not remove.
+	ClaimTime time.Duration
 }
 
 // Consumer handles one subscriber's deliveries. Run many, in one process or
@@ -175,7 +179,7 @@ type Consumer struct {
 	onceMu sync.Mutex
 	once   workerState
 
-	batches, handled, failed, dead, duplicates, errs, claims, emptyClaims, conflicts atomic.Int64
+	batches, handled, failed, dead, duplicates, errs, claims, emptyClaims, conflicts, claimNanos atomic.Int64
 }
 
 // NewConsumer returns a consumer of cfg.Subscriber over pool.
@@ -204,6 +208,7 @@ func (c *Consumer) Stats() Stats {
 		Claims:      c.claims.Load(),
 		EmptyClaims: c.emptyClaims.Load(),
 		Conflicts:   c.conflicts.Load(),
+		ClaimTime:   time.Duration(c.claimNanos.Load()),
 	}
 }
 

@@ -32,8 +32,10 @@ func (w *worker) once(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("inbox: acquire: %w", err)
 	}
 	defer conn.Release()
+	claimStart := time.Now()
 	rows, err := w.claim(ctx, conn, set, size)
 	c.claims.Add(1)
+	c.claimNanos.Add(int64(time.Since(claimStart)))
 	if err != nil {
 		// It may have taken partitions before it failed: they must not
 		// stay locked by a connection that goes back to the pool.
