@@ -2,36 +2,25 @@ package postboxtest
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
-	"net/url"
-	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/postbox-dev/postbox/schema"
+	"github.com/postbox-dev/postbox/internal/testdb"
 )
 
 // LocalURL is the server used when DATABASE_URL is not set.
-const LocalURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+const LocalURL = testdb.LocalURL
 
 // ErrNoServer is returned (wrapped, with what was tried and how to provide
 // a server) when no PostgreSQL server answers.
 var ErrNoServer = errors.New("postboxtest: no PostgreSQL server")
 
-const howTo = `provide PostgreSQL 13 or newer in one of these ways:
-  - set DATABASE_URL, e.g. DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres
-    (the user must be allowed to CREATE DATABASE);
-  - run a server on 127.0.0.1:5432 that accepts user postgres.`
+const howTo = testdb.HowTo + "."
 
 // Database is a throwaway database on the test server, migrated to the
 // postbox schema. Drop it when done; Pool and URL do that when the test
@@ -54,36 +43,17 @@ func NewDatabase(ctx context.Context) (*Database, error) {
 	if err != nil {
 		return nil, err
 	}
-	admin, err := pgx.Connect(ctx, server)
+	name, dsn, err := testdb.Create(ctx, server)
 	if err != nil {
-		return nil, fmt.Errorf("postboxtest: connect: %w", err)
-	}
-	defer admin.Close(context.WithoutCancel(ctx))
-	tmpl, err := ensureTemplate(ctx, admin, server)
-	if err != nil {
-		return nil, fmt.Errorf("postboxtest: template database: %w", err)
-	}
-	name := "postbox_test_" + randomHex(8)
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+
-		" TEMPLATE "+pgx.Identifier{tmpl}.Sanitize()); err != nil {
-		return nil, fmt.Errorf("postboxtest: create database: %w", err)
-	}
-	dsn, err := withDatabase(server, name)
-	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("postboxtest: %w", err)
 	}
 	return &Database{URL: dsn, Name: name, server: server}, nil
 }
 
 // Drop drops the database, closing whatever is still connected to it.
 func (d *Database) Drop(ctx context.Context) error {
-	conn, err := pgx.Connect(ctx, d.server)
-	if err != nil {
-		return fmt.Errorf("postboxtest: drop %s: %w", d.Name, err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{d.Name}.Sanitize()+" WITH (FORCE)"); err != nil {
-		return fmt.Errorf("postboxtest: drop %s: %w", d.Name, err)
+	if err := testdb.Drop(ctx, d.server, d.Name); err != nil {
+		return fmt.Errorf("postboxtest: %w", err)
 	}
 	return nil
 }
@@ -167,131 +137,10 @@ func findServer(ctx context.Context) (string, error) {
 	if serverURL != "" {
 		return serverURL, nil
 	}
-	dsn, from := os.Getenv("DATABASE_URL"), "DATABASE_URL"
-	if dsn == "" {
-		dsn, from = LocalURL, "127.0.0.1:5432"
-	}
-	if err := ping(ctx, dsn); err != nil {
+	dsn, from, err := testdb.Server(ctx)
+	if err != nil {
 		return "", fmt.Errorf("%w: %s: %v\n%s", ErrNoServer, from, err, howTo)
 	}
 	serverURL = dsn
 	return dsn, nil
-}
-
-func ping(ctx context.Context, dsn string) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	return conn.Ping(ctx)
-}
-
-var (
-	templateMu   sync.Mutex
-	templateName string
-)
-
-// ensureTemplate returns the migrated template of the schema, creating it
-// if it is missing. It is named by a digest of the migrations, so a
-// changed schema gets a new one, never a stale one; the name and the lock
-// are those of postbox's own tests (internal/pgtest), so the two share
-// templates safely. Several test binaries may start at once: creation runs
-// under an advisory lock, into a scratch name renamed only when complete.
-func ensureTemplate(ctx context.Context, admin *pgx.Conn, server string) (string, error) {
-	templateMu.Lock()
-	defer templateMu.Unlock()
-	if templateName != "" {
-		return templateName, nil
-	}
-	name, err := digestName()
-	if err != nil {
-		return "", err
-	}
-	const lockKey = 0x706f7374626f78 // "postbox"
-	if _, err := admin.Exec(ctx, "SELECT pg_advisory_lock($1)", lockKey); err != nil {
-		return "", err
-	}
-	defer admin.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", lockKey)
-	var exists bool
-	if err := admin.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
-		return "", err
-	}
-	if !exists {
-		if err := buildTemplate(ctx, admin, server, name); err != nil {
-			return "", err
-		}
-	}
-	templateName = name
-	return name, nil
-}
-
-func buildTemplate(ctx context.Context, admin *pgx.Conn, server, name string) error {
-	building := name + "_building"
-	ident := pgx.Identifier{building}.Sanitize()
-	if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)"); err != nil {
-		return err
-	}
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+ident); err != nil {
-		return err
-	}
-	dsn, err := withDatabase(server, building)
-	if err != nil {
-		return err
-	}
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		return err
-	}
-	err = schema.Migrate(ctx, pool)
-	pool.Close()
-	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	_, err = admin.Exec(ctx, "ALTER DATABASE "+ident+" RENAME TO "+pgx.Identifier{name}.Sanitize())
-	return err
-}
-
-// digestName names the template by a digest of the migrations.
-func digestName() (string, error) {
-	h := sha256.New()
-	err := fs.WalkDir(schema.FS, ".", func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := fs.ReadFile(schema.FS, path)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(h, "%s\x00%d\x00", path, len(b))
-		h.Write(b)
-		return nil
-	})
-	if err != nil {
-		return "", err
-	}
-	return "postbox_tmpl_" + hex.EncodeToString(h.Sum(nil))[:16], nil
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b) // never fails (crypto/rand)
-	return hex.EncodeToString(b)
-}
-
-// withDatabase returns connString with its database replaced by name, in
-// either form: a URL gets its path replaced; in keyword/value form a
-// dbname appended overrides any earlier one.
-func withDatabase(connString, name string) (string, error) {
-	if strings.HasPrefix(connString, "postgres://") || strings.HasPrefix(connString, "postgresql://") {
-		u, err := url.Parse(connString)
-		if err != nil {
-			return "", fmt.Errorf("postboxtest: parse the server's URL: %w", err)
-		}
-		u.Path, u.RawPath = "/"+name, ""
-		return u.String(), nil
-	}
-	return strings.TrimSpace(connString + " dbname=" + name), nil
 }
