@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/handlercall"
 	"github.com/postbox-dev/postbox/internal/pgtext"
 )
 
@@ -205,12 +205,12 @@ func (b *batch) optimistic(ctx, bctx context.Context, tx pgx.Tx) (bool, error) {
 // A handler that returned nil over a transaction it left aborted (a
 // swallowed error) failed after all.
 func (b *batch) check(tx pgx.Tx, e *entry, timedOut bool, err error) *lostError {
-	pg := tx.Conn().PgConn()
+	unusable, err := handlercall.Call{Name: handlerName}.Check(tx, err)
 	switch {
-	case pg.IsClosed() || pg.IsBusy():
+	case unusable:
 		lost := &lostError{err: fmt.Errorf("inbox: the connection is unusable after the handler of %s: %v", e.d.ID, err),
 			attempted: b.attempted() + 1}
-		if timedOut || !pg.IsClosed() {
+		if timedOut || !tx.Conn().PgConn().IsClosed() {
 			if err == nil {
 				err = errors.New("handler returned nil but left the connection unusable")
 			}
@@ -222,8 +222,6 @@ func (b *batch) check(tx pgx.Tx, e *entry, timedOut bool, err error) *lostError 
 		b.release(e)
 	case err != nil:
 		b.failed(e, err)
-	case pg.TxStatus() == 'E':
-		b.failed(e, errors.New("handler returned nil but left the transaction aborted"))
 	default:
 		e.out = outHandled
 	}
@@ -296,21 +294,24 @@ func (b *batch) careful(ctx, bctx context.Context, tx pgx.Tx) error {
 }
 
 // call runs the handler with its timeout, the message as the cause of what
-// it publishes, and panics turned into errors. timedOut reports whether the
-// handler's context had expired when it returned.
+// it publishes, and panics turned into errors (logged with their stack).
+// timedOut reports whether the handler's context had expired when it
+// returned.
 func (c *Consumer) call(ctx context.Context, tx pgx.Tx, d *Delivery) (timedOut bool, err error) {
-	hctx, cancel := context.WithTimeout(postbox.WithCause(ctx, &d.Message), c.cfg.HandlerTimeout)
-	defer cancel()
-	defer func() { timedOut = hctx.Err() != nil }()
-	defer func() {
-		if p := recover(); p != nil {
-			c.cfg.Logger.Error("handler panicked", "subscriber", d.Subscriber, "message_id", d.ID,
-				"panic", p, "stack", string(debug.Stack()))
-			err = fmt.Errorf("handler panicked: %v", p)
-		}
-	}()
-	return false, c.cfg.Handler.Handle(hctx, ownedTx{tx}, d)
+	call := handlercall.Call{Name: handlerName, Timeout: c.cfg.HandlerTimeout, OnPanic: func(p any, stack []byte) {
+		c.cfg.Logger.Error("handler panicked", "subscriber", d.Subscriber, "message_id", d.ID,
+			"panic", p, "stack", string(stack))
+	}}
+	return call.Run(ctx, tx, &d.Message, func(ctx context.Context, tx pgx.Tx) error {
+		return c.cfg.Handler.Handle(ctx, tx, d)
+	})
 }
+
+// What the consumer calls, as its errors name them.
+const (
+	handlerName      = "handler"
+	batchHandlerName = "batch handler"
+)
 
 // isAborted reports whether err is PostgreSQL's "current transaction is
 // aborted" (25P02).

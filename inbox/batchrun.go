@@ -4,11 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/postbox-dev/postbox"
+	"github.com/postbox-dev/postbox/internal/handlercall"
 )
 
 // runBatchHandler hands the batch's deliveries to the BatchHandler, each
@@ -73,11 +72,11 @@ func (b *batch) split(ctx, bctx context.Context, tx pgx.Tx, todo []*entry, err e
 // handler is the culprit only when it had a single delivery), and nil over
 // an aborted transaction becomes a failure of the call.
 func (b *batch) checkBatch(tx pgx.Tx, todo []*entry, timedOut bool, err *error) *lostError {
-	pg := tx.Conn().PgConn()
-	if pg.IsClosed() || pg.IsBusy() {
+	unusable, cerr := handlercall.Call{Name: batchHandlerName}.Check(tx, *err)
+	if unusable {
 		lost := &lostError{err: fmt.Errorf("inbox: the connection is unusable after a batch handler: %v", *err),
 			attempted: b.attempted() + len(todo)}
-		if len(todo) == 1 && (timedOut || !pg.IsClosed()) {
+		if len(todo) == 1 && (timedOut || !tx.Conn().PgConn().IsClosed()) {
 			cause := *err
 			if cause == nil {
 				cause = errors.New("batch handler returned nil but left the connection unusable")
@@ -87,9 +86,7 @@ func (b *batch) checkBatch(tx pgx.Tx, todo []*entry, timedOut bool, err *error) 
 		}
 		return lost
 	}
-	if *err == nil && pg.TxStatus() == 'E' {
-		*err = errors.New("batch handler returned nil but left the transaction aborted")
-	}
+	*err = cerr
 	return nil
 }
 
@@ -166,15 +163,11 @@ func (c *Consumer) callBatch(ctx context.Context, tx pgx.Tx, todo []*entry) (tim
 	for i, e := range todo {
 		ds[i] = e.d
 	}
-	hctx, cancel := context.WithTimeout(postbox.WithCause(ctx, &ds[0].Message), c.cfg.HandlerTimeout)
-	defer cancel()
-	defer func() { timedOut = hctx.Err() != nil }()
-	defer func() {
-		if p := recover(); p != nil {
-			c.cfg.Logger.Error("batch handler panicked", "subscriber", c.cfg.Subscriber, "deliveries", len(ds),
-				"panic", p, "stack", string(debug.Stack()))
-			err = fmt.Errorf("batch handler panicked: %v", p)
-		}
-	}()
-	return false, c.cfg.BatchHandler.HandleBatch(hctx, ownedTx{tx}, ds)
+	call := handlercall.Call{Name: batchHandlerName, Timeout: c.cfg.HandlerTimeout, OnPanic: func(p any, stack []byte) {
+		c.cfg.Logger.Error("batch handler panicked", "subscriber", c.cfg.Subscriber, "deliveries", len(ds),
+			"panic", p, "stack", string(stack))
+	}}
+	return call.Run(ctx, tx, &ds[0].Message, func(ctx context.Context, tx pgx.Tx) error {
+		return c.cfg.BatchHandler.HandleBatch(ctx, tx, ds)
+	})
 }

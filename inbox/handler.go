@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/postbox-dev/postbox"
+	"github.com/postbox-dev/postbox/internal/handlercall"
 )
 
 // Delivery is one message for one subscriber, as a handler sees it.
@@ -116,14 +117,7 @@ var ErrRelease = errors.New("inbox: delivery released")
 
 // ErrTxOwned is returned when a handler tries to commit or roll back the
 // transaction it was given: the consumer does that.
-var ErrTxOwned = errors.New("inbox: the consumer owns this transaction; return nil to commit or an error to roll back")
-
-// ownedTx is the handler's view of the batch transaction: everything but
-// Commit and Rollback. Begin still works and opens a nested savepoint.
-type ownedTx struct{ pgx.Tx }
-
-func (ownedTx) Commit(context.Context) error   { return ErrTxOwned }
-func (ownedTx) Rollback(context.Context) error { return ErrTxOwned }
+var ErrTxOwned = handlercall.ErrTxOwned
 
 // BatchHandler handles all deliveries of a batch in one call, through the
 // batch's transaction: one multi-row INSERT of effects instead of one

@@ -9,6 +9,7 @@ import (
 
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/handlercall"
 	"github.com/postbox-dev/postbox/internal/invalid"
 )
 
@@ -54,7 +55,7 @@ func HandleOnce(ctx context.Context, beginner TxBeginner, subscriber string, msg
 		return true, nil
 	}
 	d := &Delivery{Message: *msg, Subscriber: subscriber, Attempt: 1}
-	if err := h.Handle(postbox.WithCause(ctx, &d.Message), ownedTx{tx}, d); err != nil {
+	if err := h.Handle(postbox.WithCause(ctx, &d.Message), handlercall.Owned(tx), d); err != nil {
 		return false, err
 	}
 	if err := tx.Commit(ctx); err != nil {

@@ -3,7 +3,6 @@ package postboxtest
 import (
 	"context"
 	"errors"
-	"fmt"
 	"testing"
 	"time"
 
@@ -12,6 +11,8 @@ import (
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/dispatcher"
 	"github.com/postbox-dev/postbox/inbox"
+	"github.com/postbox-dev/postbox/internal/db"
+	"github.com/postbox-dev/postbox/internal/handlercall"
 )
 
 // HandleOpts adjust Handle. The zero value (or nil) runs the handler as a
@@ -90,21 +91,20 @@ func Handle(ctx context.Context, tb testing.TB, tx pgx.Tx, h inbox.Handler, msg 
 	}
 	d.Partition = int(dispatcher.KeyHash(d.Key, d.ID)) % set.Partitions
 
-	var before int64
-	if err := tx.QueryRow(ctx, `SELECT coalesce(max(id), 0) FROM postbox.outbox`).Scan(&before); err != nil {
+	before, err := db.New(tx).OutboxLastID(ctx)
+	if err != nil {
 		tb.Fatalf("postboxtest: Handle: %v", err)
 	}
 	sp, err := tx.Begin(ctx)
 	if err != nil {
 		tb.Fatalf("postboxtest: Handle: savepoint: %v", err)
 	}
-	err = call(ctx, sp, h, d, o.Timeout)
-	pg := tx.Conn().PgConn()
-	switch {
-	case pg.IsClosed() || pg.IsBusy():
+	// The consumer's handler call and its look at the connection after.
+	call := handlercall.Call{Name: "handler", Timeout: o.Timeout}
+	_, err = call.Run(ctx, sp, &d.Message, func(ctx context.Context, tx pgx.Tx) error { return h.Handle(ctx, tx, d) })
+	unusable, err := call.Check(sp, err)
+	if unusable {
 		tb.Fatalf("postboxtest: Handle: the connection is unusable after the handler (did it leave rows open?); a consumer would charge it an attempt and lose its batch: %v", err)
-	case err == nil && pg.TxStatus() == 'E':
-		err = errors.New("handler returned nil but left the transaction aborted")
 	}
 	res := HandleResult{Err: err}
 	if err != nil {
@@ -118,31 +118,11 @@ func Handle(ctx context.Context, tb testing.TB, tx pgx.Tx, h inbox.Handler, msg 
 	if err := sp.Commit(ctx); err != nil {
 		tb.Fatalf("postboxtest: Handle: release the savepoint: %v", err)
 	}
-	if res.Published, _, err = readOutbox(ctx, tx, before); err != nil {
+	if res.Published, err = readOutbox(ctx, tx, before); err != nil {
 		tb.Fatalf("postboxtest: Handle: read the outbox: %v", err)
 	}
 	return res
 }
-
-// call is the consumer's handler call: the timeout, the cause, the owned
-// transaction, panics as errors.
-func call(ctx context.Context, tx pgx.Tx, h inbox.Handler, d *inbox.Delivery, timeout time.Duration) (err error) {
-	hctx, cancel := context.WithTimeout(postbox.WithCause(ctx, &d.Message), timeout)
-	defer cancel()
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("handler panicked: %v", p)
-		}
-	}()
-	return h.Handle(hctx, ownedTx{tx}, d)
-}
-
-// ownedTx is the handler's view of the transaction, as the consumer gives
-// it: everything but Commit and Rollback.
-type ownedTx struct{ pgx.Tx }
-
-func (ownedTx) Commit(context.Context) error   { return inbox.ErrTxOwned }
-func (ownedTx) Rollback(context.Context) error { return inbox.ErrTxOwned }
 
 // subscriberSettings are the declared subscriber's options, or the
 // defaults.

@@ -9,9 +9,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/postbox-dev/postbox"
+	"github.com/postbox-dev/postbox/internal/db"
 	"github.com/postbox-dev/postbox/internal/headers"
 )
 
@@ -198,48 +198,37 @@ func RequireNotPublishedTx(ctx context.Context, tb testing.TB, tx postbox.DBTX, 
 	}
 }
 
-// outboxSQL reads the outbox in publish order. It is the one query of the
-// package that reads a postbox table: the outbox has no public reader.
-const outboxSQL = `SELECT id, message_id, is_queue, topic, type, coalesce(key, ''), payload, headers, created_at, deliver_at
-FROM postbox.outbox WHERE id > $1 ORDER BY id`
-
 // outboxMessages returns the outbox rows db sees.
-func outboxMessages(ctx context.Context, tb testing.TB, db postbox.DBTX) []*Published {
+func outboxMessages(ctx context.Context, tb testing.TB, dbtx postbox.DBTX) []*Published {
 	tb.Helper()
-	msgs, _, err := readOutbox(ctx, db, 0)
+	msgs, err := readOutbox(ctx, dbtx, 0)
 	if err != nil {
 		tb.Fatalf("postboxtest: read the outbox: %v", err)
 	}
 	return msgs
 }
 
-// readOutbox returns the outbox rows of ids above after, and the highest id.
-func readOutbox(ctx context.Context, db postbox.DBTX, after int64) ([]*Published, int64, error) {
-	rows, err := db.Query(ctx, outboxSQL, after)
+// readOutbox returns the outbox rows of ids above after, in publish order.
+// The outbox is the one postbox table the package reads: it has no public
+// reader.
+func readOutbox(ctx context.Context, dbtx postbox.DBTX, after int64) ([]*Published, error) {
+	rows, err := db.New(dbtx).OutboxRowsAfter(ctx, after)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
-	defer rows.Close()
-	var out []*Published
-	last := after
-	for rows.Next() {
-		var (
-			p         Published
-			hdr       []byte
-			deliverAt *time.Time
-		)
-		if err := rows.Scan(&last, &p.ID, &p.Queue, &p.Topic, &p.Type, &p.Key, &p.Payload, &hdr, &p.CreatedAt, &deliverAt); err != nil {
-			return nil, 0, err
+	out := make([]*Published, 0, len(rows))
+	for _, r := range rows {
+		p := &Published{Message: postbox.Message{ID: r.MessageID.Bytes, Topic: r.Topic, Type: r.Type, Key: r.Key,
+			Payload: r.Payload, CreatedAt: r.CreatedAt}, Queue: r.IsQueue}
+		if p.Headers, err = headers.Decode(r.Headers); err != nil {
+			return nil, fmt.Errorf("headers of %s: %w", p.ID, err)
 		}
-		if p.Headers, err = headers.Decode(hdr); err != nil {
-			return nil, 0, fmt.Errorf("headers of %s: %w", p.ID, err)
+		if r.DeliverAt != nil {
+			p.DeliverAt = *r.DeliverAt
 		}
-		if deliverAt != nil {
-			p.DeliverAt = *deliverAt
-		}
-		out = append(out, &p)
+		out = append(out, p)
 	}
-	return out, last, rows.Err()
+	return out, nil
 }
 
 // describe lists messages for a failure message.
