@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/postbox-dev/postbox/inbox"
+	"github.com/postbox-dev/postbox/internal/metrics"
 	"github.com/postbox-dev/postbox/relay"
 	"github.com/postbox-dev/postbox/schema"
 )
@@ -112,15 +113,15 @@ as "http listening addr=...", so ":0" picks a free port.`)
 	if err := checkSchema(ctx, pool); err != nil {
 		return err
 	}
-	collector := newRelayCollector()
+	relayMetrics := metrics.NewRelays(metrics.Config{})
 	if addr != "" {
-		cfg.OnBatch = collector.observe
+		cfg.OnBatch = relayMetrics.OnBatch
 	}
 	r, err := relay.New(pool, cfg)
 	if err != nil {
 		return err
 	}
-	collector.r = r
+	relayMetrics.Add(r)
 
 	var ready atomic.Bool
 	var srv *http.Server
@@ -130,7 +131,7 @@ as "http listening addr=...", so ":0" picks a free port.`)
 			return fmt.Errorf("http: %w", err)
 		}
 		s := &server{pool: pool, relay: r, ready: &ready, started: time.Now(), stallAfter: *stallAfter,
-			collector: collector, log: log}
+			relayMetrics: relayMetrics, log: log}
 		if adm.on {
 			s.admin = newAdmin(adminConfig{pool: pool, base: "/admin", readOnly: adm.readOnly, auth: auth,
 				relay: r, log: log})

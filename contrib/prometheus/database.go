@@ -1,13 +1,13 @@
 package postboxprom
 
 import (
-	"context"
 	"log/slog"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postbox-dev/postbox"
+	"github.com/postbox-dev/postbox/internal/metrics"
 	"github.com/postbox-dev/postbox/stats"
 )
 
@@ -25,88 +25,15 @@ type DatabaseConfig struct {
 
 // Database is a prometheus.Collector of a postbox database's backlog, read
 // at scrape time through package stats.
-type Database struct {
-	db  postbox.DBTX
-	cfg DatabaseConfig
-
-	up, outboxPending, outboxDue, lag, depth, waiting, exact, dead, oldest, handled *prometheus.Desc
-}
+type Database struct{ c *metrics.Database }
 
 // NewDatabase returns the collector of the database db (a pool, usually).
 func NewDatabase(db postbox.DBTX, cfg DatabaseConfig) *Database {
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 3 * time.Second
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	cl := cfg.ConstLabels
-	sub := []string{"subscriber"}
-	return &Database{
-		db:  db,
-		cfg: cfg,
-		up: prometheus.NewDesc("postbox_database_up",
-			"1 if the backlog queries of this scrape succeeded, else 0 (the postbox_ gauges below are then missing).", nil, cl),
-		outboxPending: prometheus.NewDesc("postbox_outbox_pending",
-			"Committed outbox messages not yet relayed: exact up to the cap, estimated past it.", nil, cl),
-		outboxDue: prometheus.NewDesc("postbox_outbox_due",
-			"Outbox messages due now (no DeliverAt, or past): exact up to the cap, estimated past it.", nil, cl),
-		lag: prometheus.NewDesc("postbox_relay_lag_seconds",
-			"Age of the oldest outbox message not yet relayed (0 when none).", nil, cl),
-		depth: prometheus.NewDesc("postbox_inbox_depth",
-			"Pending deliveries per subscriber: state ready (may be handled now) or waiting (in backoff, delayed, or blocked behind their key).",
-			[]string{"subscriber", "state"}, cl),
-		waiting: prometheus.NewDesc("postbox_inbox_waiting",
-			"Waiting deliveries per subscriber by reason: backoff (failed, waiting for the next attempt), delayed (DeliverAt ahead), blocked (behind their key's head).",
-			[]string{"subscriber", "reason"}, cl),
-		exact: prometheus.NewDesc("postbox_inbox_depth_exact",
-			"1 if the subscriber's depth and dead letter counts are exact, 0 if some are estimates (past the cap).", sub, cl),
-		dead: prometheus.NewDesc("postbox_dead_letters",
-			"Dead letters per subscriber.", sub, cl),
-		oldest: prometheus.NewDesc("postbox_inbox_oldest_pending_seconds",
-			"Age of the oldest pending delivery per subscriber (0 when none): its lag.", sub, cl),
-		handled: prometheus.NewDesc("postbox_inbox_handled_per_minute",
-			"Deliveries handled per minute over the last minute, per subscriber (from the dedup table).", sub, cl),
-	}
+	return &Database{metrics.NewDatabase(db, metrics.DatabaseConfig(cfg))}
 }
 
 // Describe implements prometheus.Collector.
-func (d *Database) Describe(ch chan<- *prometheus.Desc) {
-	for _, desc := range []*prometheus.Desc{d.up, d.outboxPending, d.outboxDue, d.lag, d.depth, d.waiting, d.exact, d.dead, d.oldest, d.handled} {
-		ch <- desc
-	}
-}
+func (d *Database) Describe(ch chan<- *prometheus.Desc) { d.c.Describe(ch) }
 
 // Collect implements prometheus.Collector.
-func (d *Database) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Timeout)
-	defer cancel()
-	ov, err := d.cfg.Stats.Read(ctx, d.db)
-	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...)
-	}
-	if err != nil {
-		d.cfg.Logger.Warn("postboxprom: backlog queries failed", "err", err)
-		gauge(d.up, 0)
-		return
-	}
-	gauge(d.up, 1)
-	gauge(d.outboxPending, float64(ov.Outbox.Pending.N))
-	gauge(d.outboxDue, float64(ov.Outbox.Due.N))
-	gauge(d.lag, ov.Outbox.Age.Seconds())
-	for _, s := range ov.Subscribers {
-		gauge(d.depth, float64(s.Ready.N), s.Name, "ready")
-		gauge(d.depth, float64(s.Waiting.N), s.Name, "waiting")
-		gauge(d.waiting, float64(s.InBackoff.N), s.Name, "backoff")
-		gauge(d.waiting, float64(s.Delayed.N), s.Name, "delayed")
-		gauge(d.waiting, float64(s.Blocked.N), s.Name, "blocked")
-		exact := 0.0
-		if s.Ready.Exact && s.Waiting.Exact && s.Dead.Exact {
-			exact = 1
-		}
-		gauge(d.exact, exact, s.Name)
-		gauge(d.dead, float64(s.Dead.N), s.Name)
-		gauge(d.oldest, s.Lag.Seconds(), s.Name)
-		gauge(d.handled, s.HandledPerMinute, s.Name)
-	}
-}
+func (d *Database) Collect(ch chan<- prometheus.Metric) { d.c.Collect(ch) }

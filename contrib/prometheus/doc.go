@@ -2,8 +2,10 @@
 // consumers and relays of a service do (counters and durations, the claim's
 // among them), and, at scrape time, the database's backlog.
 //
-// Import it as github.com/postbox-dev/postbox/contrib/prometheus (its own
-// module, so the core needs no Prometheus client):
+// Import it as github.com/postbox-dev/postbox/contrib/prometheus. It is a
+// thin public face of the core's internal/metrics, which serves the
+// binary's /metrics too, so a service and `postbox relay --http` export the
+// same series with the same help:
 //
 //	m := postboxprom.New(postboxprom.Config{})
 //
@@ -39,7 +41,7 @@
 // cover committed batches (an empty claim commits nothing). Counters are the
 // consumers' and relays' own Stats, read at scrape time.
 //
-// Metrics of the database (Database), the same as the binary's /metrics:
+// Metrics of the database (Database), the binary's /metrics exports too:
 // postbox_database_up, postbox_outbox_pending, postbox_outbox_due,
 // postbox_relay_lag_seconds, postbox_inbox_depth{subscriber,state},
 // postbox_inbox_waiting{subscriber,reason}, postbox_inbox_depth_exact,
