@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"strings"
 
 	"github.com/postbox-dev/postbox/internal/bench"
+	"github.com/postbox-dev/postbox/internal/benchkit"
 )
 
 // bench hands everything after "bench" to package bench, which parses its
@@ -28,5 +30,11 @@ func (c *cli) bench(ctx context.Context, args []string) error {
 	if url := c.getenv("POSTBOX_DATABASE_URL"); !hasURL && url != "" && len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		args = append([]string{args[0], "--database-url=" + url}, args[1:]...)
 	}
-	return bench.Run(ctx, args, c.stderr.To(c.stdout), c.stderr)
+	err := bench.Run(ctx, args, c.stderr.To(c.stdout), c.stderr)
+	if errors.As(err, new(*benchkit.UsageError)) {
+		// Exit 2; bench has printed its usage already where one helps
+		// (an unknown workload, a bad flag).
+		return &usageError{msg: err.Error(), usage: func(io.Writer) {}}
+	}
+	return err
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/postbox-dev/postbox/internal/redact"
 )
 
 // flags is one command's flag set with its usage text. Flags and positional
@@ -161,6 +163,11 @@ func (c *cli) open(ctx context.Context, f *flags, g *common, opts poolOptions) (
 		return nil, err
 	}
 	c.stderr.AddURL(dsn)
+	if err := redact.CheckURL(dsn); err != nil {
+		// Refused before pgx reads it: pgx would take part of the
+		// password for the host and print it in its connection errors.
+		return nil, f.usageErr("database url: %v", err)
+	}
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		// pgconn's parse errors already hide the password; the redactor

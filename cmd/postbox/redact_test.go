@@ -41,3 +41,36 @@ func TestPasswordsAreNeverPrintedInAnyForm(t *testing.T) {
 		})
 	}
 }
+
+// pgx ends a URL's password at its first '@' and reads the rest as the
+// host, which its connection errors print: every command, bench included,
+// refuses such a URL before pgx reads it, as a usage mistake, and prints no
+// part of the password.
+func TestRawAtInAPasswordIsRefused(t *testing.T) {
+	t.Parallel()
+	const url = "postgres://u:pa55@Sup3r-s3cret@127.0.0.1:1/x"
+	for _, tc := range []struct {
+		name string
+		env  []string
+		args []string
+	}{
+		{"stats, --database-url", nil, []string{"stats", "--database-url", url}},
+		{"relay, POSTBOX_DATABASE_URL", []string{"POSTBOX_DATABASE_URL=" + url}, []string{"relay"}},
+		{"dlq list, DATABASE_URL", []string{"DATABASE_URL=" + url}, []string{"dlq", "list"}},
+		{"bench, --database-url", nil, []string{"bench", "drain", "--database-url=" + url, "--progress", "0"}},
+		{"bench, DATABASE_URL", []string{"DATABASE_URL=" + url}, []string{"bench", "drain"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			res := run(t, tc.env, tc.args...)
+			if res.code != 2 || !strings.Contains(res.stderr, "percent-encode it as %40") {
+				t.Errorf("exit %d, want 2 with the fix in stderr\nstdout: %s\nstderr: %s", res.code, res.stdout, res.stderr)
+			}
+			for _, part := range []string{"pa55", "Sup3r", "s3cret"} {
+				if strings.Contains(res.stdout+res.stderr, part) {
+					t.Errorf("%q of the password was printed:\nstdout: %s\nstderr: %s", part, res.stdout, res.stderr)
+				}
+			}
+		})
+	}
+}

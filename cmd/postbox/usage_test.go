@@ -24,6 +24,7 @@ func TestUsageMistakesExit2(t *testing.T) {
 		{[]string{"relay", "--log-format", "xml"}, db, "--log-format"},
 		{[]string{"relay", "extra"}, db, `unexpected argument "extra"`},
 		{[]string{"stats"}, nil, "no database: pass --database-url"},
+		{[]string{"stats", "--database-url", "postgres://u:p@ss@127.0.0.1:1/x"}, nil, "percent-encode it as %40"},
 		{[]string{"migrate"}, db, "want one of up, down, status"},
 		{[]string{"migrate", "sideways"}, db, `unknown action "sideways"`},
 		{[]string{"migrate", "down"}, db, "pass --yes"},

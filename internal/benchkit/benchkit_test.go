@@ -107,6 +107,9 @@ func TestExecPrintsNoPassword(t *testing.T) {
 		{"url ?password= on the command line", "", []string{"noop", "--database-url", "postgres://u@127.0.0.1:1/x?password=" + secret, "--progress", "0"}, testProgram.Run, 1},
 		{"url pgx rejects", "", []string{"noop", "--database-url=postgres://u:" + secret + "@127.0.0.1:1/x?sslmode=bogus"}, testProgram.Run, 1},
 		{"keyword form", "", []string{"noop", "-database-url", "host=127.0.0.1 port=1 user=u password = '" + secret + "'"}, testProgram.Run, 1},
+		// pgx would read "pa55" as the password and print the rest as the host.
+		{"url with a raw @ in the password", "", []string{"noop", "--database-url", "postgres://u:pa55@" + secret + "@127.0.0.1:1/x"}, testProgram.Run, 2},
+		{"unknown flag", "", []string{"noop", "--bogus"}, testProgram.Run, 2},
 		{"a careless error, url from the environment", "host=127.0.0.1 password=" + secret, []string{"noop", "host=127.0.0.1 password=" + secret}, fails, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

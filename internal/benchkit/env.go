@@ -2,7 +2,6 @@ package benchkit
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -12,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/postbox-dev/postbox/internal/redact"
 )
 
 // Env is what a workload runs against: the database, where progress goes,
@@ -28,7 +29,10 @@ type Env struct {
 func open(ctx context.Context, c common, stderr io.Writer, truncates string) (*Env, *pgxpool.Pool, error) {
 	url := c.url()
 	if url == "" {
-		return nil, nil, errors.New("no database: set DATABASE_URL or pass --database-url (a dedicated database such as postbox_bench)")
+		return nil, nil, usageErrorf("no database: set DATABASE_URL or pass --database-url (a dedicated database such as postbox_bench)")
+	}
+	if err := redact.CheckURL(url); err != nil {
+		return nil, nil, usageErrorf("database url: %w", err)
 	}
 	e := &Env{URL: url, Stderr: stderr, Progress: c.progress}
 	pool, err := e.Pool(ctx, 2)

@@ -42,6 +42,18 @@ type Program[E any] struct {
 	Setup func(ctx context.Context, e *Env, db *pgxpool.Pool) (E, error)
 }
 
+// UsageError is a command-line mistake: no or an unknown workload, a bad
+// flag, a database URL pgx would misread. Exec exits with status 2 for it,
+// as postbox does.
+type UsageError struct{ Err error }
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
+func usageErrorf(format string, args ...any) error {
+	return &UsageError{fmt.Errorf(format, args...)}
+}
+
 // common holds the flags every workload takes.
 type common struct {
 	databaseURL string
@@ -74,14 +86,14 @@ func (p *Program[E]) Run(ctx context.Context, args []string, stdout, stderr io.W
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		p.usage(stderr)
 		if len(args) == 0 {
-			return fmt.Errorf("%s: name a workload", p.Prefix)
+			return usageErrorf("%s: name a workload", p.Prefix)
 		}
 		return nil
 	}
 	i := slices.IndexFunc(p.Workloads, func(w Workload[E]) bool { return w.Name == args[0] })
 	if i < 0 {
 		p.usage(stderr)
-		return fmt.Errorf("%s: unknown workload %q", p.Prefix, args[0])
+		return usageErrorf("%s: unknown workload %q", p.Prefix, args[0])
 	}
 	w := p.Workloads[i]
 	if err := p.run(ctx, w, args[1:], stdout, stderr); err != nil {
@@ -100,10 +112,13 @@ func (p *Program[E]) run(ctx context.Context, w Workload[E], args []string, stdo
 	c.register(fs, p.Truncates)
 	run := w.Flags(fs)
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return &UsageError{err} // the flag package printed the usage
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
+		return usageErrorf("unexpected arguments %q", fs.Args())
 	}
 	if c.cpuprofile != "" {
 		f, err := os.Create(c.cpuprofile)
@@ -153,7 +168,7 @@ func (p *Program[E]) usage(w io.Writer) {
 // after the program's name, and what it prints passes through a redactor
 // that masks the passwords of $DATABASE_URL, $PGPASSWORD and every
 // --database-url on the command line. An error is printed on stderr and
-// exits with status 1.
+// exits with status 1, a UsageError with status 2.
 func Main(run func(ctx context.Context, args []string, stdout, stderr io.Writer) error) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := Exec(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv, run)
@@ -169,9 +184,13 @@ func Exec(ctx context.Context, args []string, stdout, stderr io.Writer, getenv f
 	errs.AddURL(getenv("DATABASE_URL"))
 	errs.Add(getenv("PGPASSWORD"))
 	errs.AddFlagURLs(args, "database-url")
-	if err := run(ctx, args, errs.To(stdout), errs); err != nil {
-		fmt.Fprintln(errs, err)
-		return 1
+	err := run(ctx, args, errs.To(stdout), errs)
+	if err == nil {
+		return 0
 	}
-	return 0
+	fmt.Fprintln(errs, err)
+	if errors.As(err, new(*UsageError)) {
+		return 2
+	}
+	return 1
 }

@@ -7,6 +7,10 @@
 //	stderr.AddFlagURLs(os.Args[1:], "database-url")
 //	fmt.Fprintln(stderr, err) // "password=xxxxx", never the password
 //
+// CheckURL refuses, before pgx reads them, the connection URLs no redactor
+// can cover: those with a raw '@' that pgx would misread, splitting the
+// password and printing part of it.
+//
 // It is shared by cmd/postbox and the benchmark programs.
 package redact
 
