@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -105,6 +106,13 @@ func TestMetricsOfConsumersAndRelays(t *testing.T) {
 	}
 	if got := sample(t, reg, `postbox_relay_last_success_timestamp_seconds{service="test"}`); got < float64(time.Now().Add(-time.Minute).Unix()) {
 		t.Errorf("last success %v, want about now", got)
+	}
+	var claimTime time.Duration
+	for _, c := range consumers {
+		claimTime += c.Stats().ClaimTime
+	}
+	if got := sample(t, reg, `postbox_consumer_claim_seconds_total{service="test",subscriber="billing"}`); got <= 0 || math.Abs(got-claimTime.Seconds()) > 1e-6 {
+		t.Errorf("claim seconds %v, want the consumers' ClaimTime %v", got, claimTime.Seconds())
 	}
 	if got := sample(t, reg, `postbox_inbox_handled_per_minute{service="test",subscriber="billing"}`); got != 9 {
 		t.Errorf("handled per minute %v, want 9", got)
