@@ -150,12 +150,14 @@ func TestPartitionAgreesWithKafka(t *testing.T) {
 		"abc": 479470107,
 	}
 	for key, hash := range kafka {
-		positive := int(uint32(hash) & 0x7fffffff)
-		for _, n := range []int{1, 3, 12, 16, 100, 4096} {
-			if got, want := dispatcher.Partition(key, n), positive%n; got != want {
-				t.Errorf("Partition(%q, %d) = %d, want %d", key, n, got, want)
+		t.Run(key, func(t *testing.T) {
+			positive := int(uint32(hash) & 0x7fffffff)
+			for _, n := range []int{1, 3, 12, 16, 100, 4096} {
+				if got, want := dispatcher.Partition(key, n), positive%n; got != want {
+					t.Errorf("Partition(%q, %d) = %d, want %d", key, n, got, want)
+				}
 			}
-		}
+		})
 	}
 }
 

@@ -290,32 +290,34 @@ func TestListFilters(t *testing.T) {
 		{"nothing matches", dlq.Filter{Subscriber: "shipping"}, nil},
 	}
 	for _, c := range cases {
-		got, err := dlq.List(ctx, pool, c.f)
-		if err != nil {
-			t.Fatalf("%s: %v", c.name, err)
-		}
-		var gotIDs []uuid.UUID
-		for _, d := range got {
-			gotIDs = append(gotIDs, d.MessageID)
-		}
-		if !slices.Equal(gotIDs, ids(c.want...)) {
-			t.Errorf("%s: List = %v, want %v", c.name, gotIDs, ids(c.want...))
-		}
-		if c.f.Subscriber != "" {
-			// No letter here waits behind an earlier dead letter of its
-			// key, so a replay and a purge would both take what List shows.
-			for name, count := range map[string]func(context.Context, postbox.DBTX, dlq.Filter) (int, error){
-				"Count": dlq.Count, "CountPurge": dlq.CountPurge,
-			} {
-				n, err := count(ctx, pool, c.f)
-				if err != nil {
-					t.Fatalf("%s: %s: %v", c.name, name, err)
-				}
-				if n != len(c.want) {
-					t.Errorf("%s: %s = %d, want %d", c.name, name, n, len(c.want))
+		t.Run(c.name, func(t *testing.T) {
+			got, err := dlq.List(ctx, pool, c.f)
+			if err != nil {
+				t.Fatalf("%s: %v", c.name, err)
+			}
+			var gotIDs []uuid.UUID
+			for _, d := range got {
+				gotIDs = append(gotIDs, d.MessageID)
+			}
+			if !slices.Equal(gotIDs, ids(c.want...)) {
+				t.Errorf("%s: List = %v, want %v", c.name, gotIDs, ids(c.want...))
+			}
+			if c.f.Subscriber != "" {
+				// No letter here waits behind an earlier dead letter of its
+				// key, so a replay and a purge would both take what List shows.
+				for name, count := range map[string]func(context.Context, postbox.DBTX, dlq.Filter) (int, error){
+					"Count": dlq.Count, "CountPurge": dlq.CountPurge,
+				} {
+					n, err := count(ctx, pool, c.f)
+					if err != nil {
+						t.Fatalf("%s: %s: %v", c.name, name, err)
+					}
+					if n != len(c.want) {
+						t.Errorf("%s: %s = %d, want %d", c.name, name, n, len(c.want))
+					}
 				}
 			}
-		}
+		})
 	}
 
 	// Every field of a listed letter.
@@ -369,10 +371,12 @@ func TestGet(t *testing.T) {
 		"other subscriber":    {"billing", a.id},
 		"pending, not a dead": {"inventory", p.id},
 	} {
-		_, err := dlq.Get(ctx, pool, c.sub, c.id)
-		if !errors.Is(err, dlq.ErrNotFound) {
-			t.Errorf("%s: Get err = %v, want ErrNotFound", name, err)
-		}
+		t.Run(name, func(t *testing.T) {
+			_, err := dlq.Get(ctx, pool, c.sub, c.id)
+			if !errors.Is(err, dlq.ErrNotFound) {
+				t.Errorf("%s: Get err = %v, want ErrNotFound", name, err)
+			}
+		})
 	}
 	if _, err := dlq.Get(ctx, pool, "Not A Name", a.id); !errors.Is(err, postbox.ErrInvalid) {
 		t.Errorf("Get with a bad subscriber: err = %v, want ErrInvalid", err)
@@ -713,25 +717,27 @@ func TestInvalidFilters(t *testing.T) {
 		{"error too long", dlq.Filter{Subscriber: "inventory", ErrorContains: strings.Repeat("e", 1025)}, false, "Filter.ErrorContains"},
 	}
 	for _, c := range cases {
-		calls := map[string]func() error{
-			"Replay": func() error { _, err := dlq.Replay(ctx, db, c.f); return err },
-			"Purge":  func() error { _, err := dlq.Purge(ctx, db, c.f); return err },
-			"Count":  func() error { _, err := dlq.Count(ctx, db, c.f); return err },
-			"CountPurge": func() error {
-				_, err := dlq.CountPurge(ctx, db, c.f)
-				return err
-			},
-		}
-		if !c.listOK {
-			calls["List"] = func() error { _, err := dlq.List(ctx, db, c.f); return err }
-		}
-		for fn, call := range calls {
-			err := call()
-			var verr *postbox.ValidationError
-			if !errors.Is(err, postbox.ErrInvalid) || !errors.As(err, &verr) || verr.Field != c.wantField {
-				t.Errorf("%s: %s err = %v, want ErrInvalid on field %q", c.name, fn, err, c.wantField)
+		t.Run(c.name, func(t *testing.T) {
+			calls := map[string]func() error{
+				"Replay": func() error { _, err := dlq.Replay(ctx, db, c.f); return err },
+				"Purge":  func() error { _, err := dlq.Purge(ctx, db, c.f); return err },
+				"Count":  func() error { _, err := dlq.Count(ctx, db, c.f); return err },
+				"CountPurge": func() error {
+					_, err := dlq.CountPurge(ctx, db, c.f)
+					return err
+				},
 			}
-		}
+			if !c.listOK {
+				calls["List"] = func() error { _, err := dlq.List(ctx, db, c.f); return err }
+			}
+			for fn, call := range calls {
+				err := call()
+				var verr *postbox.ValidationError
+				if !errors.Is(err, postbox.ErrInvalid) || !errors.As(err, &verr) || verr.Field != c.wantField {
+					t.Errorf("%s: %s err = %v, want ErrInvalid on field %q", c.name, fn, err, c.wantField)
+				}
+			}
+		})
 	}
 	if n := db.calls.Load(); n != 0 {
 		t.Fatalf("invalid filters reached the database %d times", n)
@@ -964,23 +970,25 @@ func TestReplayKeepsKeyOrder(t *testing.T) {
 		{"every letter", dlq.Filter{Subscriber: "inventory"}, 4, 4, []*letter{k1, k2, k3, x}, "all"},
 		{"k3 by ID", dlq.Filter{Subscriber: "inventory", IDs: ids(k3)}, 0, 1, []*letter{k3}, "none"},
 	} {
-		if n, err := dlq.Count(ctx, pool, c.f); err != nil || n != c.replay {
-			t.Errorf("%s: Count = %d, %v; want %d (%s)", c.name, n, err, c.replay, c.note)
-		}
-		if n, err := dlq.CountPurge(ctx, pool, c.f); err != nil || n != c.purge {
-			t.Errorf("%s: CountPurge = %d, %v; want %d", c.name, n, err, c.purge)
-		}
-		got, err := dlq.List(ctx, pool, c.f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var gotIDs []uuid.UUID
-		for _, d := range got {
-			gotIDs = append(gotIDs, d.MessageID)
-		}
-		if !slices.Equal(gotIDs, ids(c.listed...)) {
-			t.Errorf("%s: List = %v, want %v", c.name, gotIDs, ids(c.listed...))
-		}
+		t.Run(c.name, func(t *testing.T) {
+			if n, err := dlq.Count(ctx, pool, c.f); err != nil || n != c.replay {
+				t.Errorf("%s: Count = %d, %v; want %d (%s)", c.name, n, err, c.replay, c.note)
+			}
+			if n, err := dlq.CountPurge(ctx, pool, c.f); err != nil || n != c.purge {
+				t.Errorf("%s: CountPurge = %d, %v; want %d", c.name, n, err, c.purge)
+			}
+			got, err := dlq.List(ctx, pool, c.f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var gotIDs []uuid.UUID
+			for _, d := range got {
+				gotIDs = append(gotIDs, d.MessageID)
+			}
+			if !slices.Equal(gotIDs, ids(c.listed...)) {
+				t.Errorf("%s: List = %v, want %v", c.name, gotIDs, ids(c.listed...))
+			}
+		})
 	}
 
 	if n, err := dlq.Replay(ctx, pool, dlq.Filter{Subscriber: "inventory", IDs: ids(k3)}); err != nil || n != 0 {

@@ -147,9 +147,11 @@ func TestQueueSendDeliversOnceAndTopicFansOut(t *testing.T) {
 	}
 	// Every delivery is pending: ready for its subscriber's consumers.
 	for sub, n := range map[string]int{"billing": 1, "inventory": 5, "audit": 6, "big-orders": 2} {
-		if d := pgtest.Depths(t, ctx, pool, sub); d != (pgtest.Depth{Ready: n}) {
-			t.Errorf("%s: %+v, want %d ready", sub, d, n)
-		}
+		t.Run(sub, func(t *testing.T) {
+			if d := pgtest.Depths(t, ctx, pool, sub); d != (pgtest.Depth{Ready: n}) {
+				t.Errorf("%s: %+v, want %d ready", sub, d, n)
+			}
+		})
 	}
 	// And each carries the message as published.
 	var payload []byte

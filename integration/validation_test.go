@@ -100,10 +100,12 @@ func TestInvalidInputIsRejectedBeforeAnythingIsWritten(t *testing.T) {
 		}},
 	}
 	for _, c := range cases {
-		checkInvalid(t, c.name, c.call(), c.field)
-		if n := written(t, pool); n != "0/0/0" {
-			t.Fatalf("%s: outbox/subscriptions/subscribers rows = %s after the rejected call, want 0/0/0", c.name, n)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			checkInvalid(t, c.name, c.call(), c.field)
+			if n := written(t, pool); n != "0/0/0" {
+				t.Fatalf("%s: outbox/subscriptions/subscribers rows = %s after the rejected call, want 0/0/0", c.name, n)
+			}
+		})
 	}
 
 	// Limits are limits, not off by one: exactly 1 MiB, 64 headers and a

@@ -280,18 +280,20 @@ func TestLimits(t *testing.T) {
 	}
 	want := 0
 	for _, c := range cases {
-		m := c.msg
-		m.Topic = "limits"
-		err := c.o.Publish(ctx, pool, &m)
-		switch {
-		case c.ok && err != nil:
-			t.Errorf("%s: %v, want accepted", c.name, err)
-		case !c.ok && !errors.Is(err, postbox.ErrInvalid):
-			t.Errorf("%s: err = %v, want ErrInvalid", c.name, err)
-		}
-		if c.ok {
-			want++
-		}
+		t.Run(c.name, func(t *testing.T) {
+			m := c.msg
+			m.Topic = "limits"
+			err := c.o.Publish(ctx, pool, &m)
+			switch {
+			case c.ok && err != nil:
+				t.Errorf("%s: %v, want accepted", c.name, err)
+			case !c.ok && !errors.Is(err, postbox.ErrInvalid):
+				t.Errorf("%s: err = %v, want ErrInvalid", c.name, err)
+			}
+			if c.ok {
+				want++
+			}
+		})
 	}
 	var n int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM postbox.outbox`).Scan(&n); err != nil || n != want {

@@ -206,9 +206,11 @@ func TestQueues(t *testing.T) {
 		"ord-3": "inventory=100,payment=20,shipping=5",
 	}
 	for o, w := range want {
-		if len(got[o]) != 1 || names(got[o][0]) != w || got[o][0].TimedOut != (o == "ord-2") {
-			t.Errorf("%s: %+v, want one result of %s", o, got[o], w)
-		}
+		t.Run(o, func(t *testing.T) {
+			if len(got[o]) != 1 || names(got[o][0]) != w || got[o][0].TimedOut != (o == "ord-2") {
+				t.Errorf("%s: %+v, want one result of %s", o, got[o], w)
+			}
+		})
 	}
 	if len(got) != 3 {
 		t.Errorf("results for %d orders, want 3", len(got))

@@ -124,14 +124,16 @@ func TestReadIsExactOnASmallBacklog(t *testing.T) {
 		"audit":   {Kind: "topic", Ready: count(7)},
 		"nowhere": {Kind: stats.Undeclared, Dead: count(1)},
 	} {
-		for _, c := range []*stats.Count{&want.Ready, &want.InBackoff, &want.Blocked, &want.Delayed, &want.Dead} {
-			c.Exact = true // the zero ones too
-		}
-		got := byName[name]
-		if got.Kind != want.Kind || got.Ready != want.Ready || got.InBackoff != want.InBackoff ||
-			got.Blocked != want.Blocked || got.Delayed != want.Delayed || got.Dead != want.Dead {
-			t.Errorf("%s = %+v\nwant %+v", name, got, want)
-		}
+		t.Run(name, func(t *testing.T) {
+			for _, c := range []*stats.Count{&want.Ready, &want.InBackoff, &want.Blocked, &want.Delayed, &want.Dead} {
+				c.Exact = true // the zero ones too
+			}
+			got := byName[name]
+			if got.Kind != want.Kind || got.Ready != want.Ready || got.InBackoff != want.InBackoff ||
+				got.Blocked != want.Blocked || got.Delayed != want.Delayed || got.Dead != want.Dead {
+				t.Errorf("%s = %+v\nwant %+v", name, got, want)
+			}
+		})
 	}
 	if w := byName["work"]; w.HandledPerMinute != 5 {
 		t.Errorf("work handled %v per minute, want 5 (five handled within the last minute)", w.HandledPerMinute)

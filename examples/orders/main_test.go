@@ -151,22 +151,24 @@ func TestWithDatabase(t *testing.T) {
 		{"", "dbname=" + exampleDatabase},
 	}
 	for _, tt := range tests {
-		got, err := withDatabase(tt.in, exampleDatabase)
-		if err != nil {
-			t.Errorf("withDatabase(%q): %v", tt.in, err)
-			continue
-		}
-		if got != tt.want {
-			t.Errorf("withDatabase(%q) = %q, want %q", tt.in, got, tt.want)
-		}
-		cfg, err := pgx.ParseConfig(got)
-		if err != nil {
-			t.Errorf("pgx cannot parse %q: %v", got, err)
-			continue
-		}
-		if cfg.Database != exampleDatabase {
-			t.Errorf("pgx reads database %q from %q, want %q", cfg.Database, got, exampleDatabase)
-		}
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := withDatabase(tt.in, exampleDatabase)
+			if err != nil {
+				t.Errorf("withDatabase(%q): %v", tt.in, err)
+				return
+			}
+			if got != tt.want {
+				t.Errorf("withDatabase(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+			cfg, err := pgx.ParseConfig(got)
+			if err != nil {
+				t.Errorf("pgx cannot parse %q: %v", got, err)
+				return
+			}
+			if cfg.Database != exampleDatabase {
+				t.Errorf("pgx reads database %q from %q, want %q", cfg.Database, got, exampleDatabase)
+			}
+		})
 	}
 	if _, err := withDatabase("mysql://db/app", exampleDatabase); err == nil {
 		t.Error("withDatabase accepted a mysql:// URL")

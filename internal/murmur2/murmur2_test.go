@@ -14,9 +14,11 @@ func TestSum32MatchesKafka(t *testing.T) {
 		"abc": 479470107,
 	}
 	for in, want := range cases {
-		if got := int32(Sum32([]byte(in))); got != want {
-			t.Errorf("Sum32(%q) = %d, want %d", in, got, want)
-		}
+		t.Run(in, func(t *testing.T) {
+			if got := int32(Sum32([]byte(in))); got != want {
+				t.Errorf("Sum32(%q) = %d, want %d", in, got, want)
+			}
+		})
 	}
 }
 
