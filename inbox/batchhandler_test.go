@@ -36,7 +36,7 @@ func TestBatchHandlerFailsOnlyWhatItNames(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const n = 20
-	pool := setup(t, n, n, dispatcher.Options{MaxAttempts: 2, Backoff: dispatcher.Backoff{Initial: time.Millisecond, Max: time.Millisecond}})
+	b := setup(t, n, n, dispatcher.Options{MaxAttempts: 2, Backoff: dispatcher.Backoff{Initial: time.Millisecond, Max: time.Millisecond}})
 	var calls atomic.Int64
 	h := inbox.BatchHandlerFunc(func(ctx context.Context, tx pgx.Tx, batch []*inbox.Delivery) error {
 		calls.Add(1)
@@ -51,23 +51,23 @@ func TestBatchHandlerFailsOnlyWhatItNames(t *testing.T) {
 		}
 		return errs.Err()
 	})
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", BatchHandler: h, NoListen: true})
+	c := b.consumer(t, inbox.Config{BatchHandler: h, NoListen: true})
 	waitFor(t, "every delivery handled or dead", func() (bool, error) {
 		if _, err := c.RunOnce(ctx); err != nil {
 			return false, err
 		}
-		return pgtest.Depths(t, ctx, pool, "work").Pending() == 0, nil
+		return pgtest.Depths(t, ctx, b.pool, "work").Pending() == 0, nil
 	})
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != n-1 {
+	if got := b.effects(t); got != n-1 {
 		t.Fatalf("effects = %d, want %d", got, n-1)
 	}
-	if got := mustCount(t, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != n-1 {
+	if got := b.count(t, `SELECT count(DISTINCT message_id) FROM effects`); got != n-1 {
 		t.Fatalf("distinct effects = %d, want %d", got, n-1)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects WHERE n = 7`); got != 0 {
+	if got := b.count(t, `SELECT count(*) FROM effects WHERE n = 7`); got != 0 {
 		t.Fatal("the failed delivery's effects committed")
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.dead_letters WHERE key = 'k7' AND attempts = 2
+	if got := b.count(t, `SELECT count(*) FROM postbox.dead_letters WHERE key = 'k7' AND attempts = 2
 		AND last_error = 'seven is unlucky'`); got != 1 {
 		t.Fatal("the failed delivery is not a dead letter after 2 attempts")
 	}
@@ -83,7 +83,7 @@ func TestBatchHandlerPlainErrorIsBisected(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const n = 16
-	pool := setup(t, n, n, dispatcher.Options{MaxAttempts: 1})
+	b := setup(t, n, n, dispatcher.Options{MaxAttempts: 1})
 	h := inbox.BatchHandlerFunc(func(ctx context.Context, tx pgx.Tx, batch []*inbox.Delivery) error {
 		for _, d := range batch {
 			if payloadN(d) == 11 {
@@ -92,14 +92,14 @@ func TestBatchHandlerPlainErrorIsBisected(t *testing.T) {
 		}
 		return insertEffects(ctx, tx, batch)
 	})
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", BatchHandler: h, NoListen: true})
+	c := b.consumer(t, inbox.Config{BatchHandler: h, NoListen: true})
 	if got, err := c.RunOnce(ctx); err != nil || got != n {
 		t.Fatalf("RunOnce = %d, %v; want %d", got, err, n)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != n-1 {
+	if got := b.effects(t); got != n-1 {
 		t.Fatalf("effects = %d, want %d", got, n-1)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.dead_letters WHERE key = 'k11'`); got != 1 {
+	if got := b.count(t, `SELECT count(*) FROM postbox.dead_letters WHERE key = 'k11'`); got != 1 {
 		t.Fatal("the bad delivery is not the dead letter")
 	}
 	if s := c.Stats(); s.Handled != n-1 || s.Dead != 1 || s.Failed != 0 {
@@ -113,7 +113,7 @@ func TestBatchHandlerKeepsKeyOrder(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const n = 30
-	pool := setup(t, n, 3, dispatcher.Options{Backoff: dispatcher.Backoff{Initial: time.Millisecond, Max: time.Millisecond}})
+	b := setup(t, n, 3, dispatcher.Options{Backoff: dispatcher.Backoff{Initial: time.Millisecond, Max: time.Millisecond}})
 	var failedOnce atomic.Bool
 	h := inbox.BatchHandlerFunc(func(ctx context.Context, tx pgx.Tx, batch []*inbox.Delivery) error {
 		last := map[string]int{}
@@ -135,17 +135,17 @@ func TestBatchHandlerKeepsKeyOrder(t *testing.T) {
 		}
 		return errs.Err()
 	})
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", BatchHandler: h, NoListen: true, BatchSize: 10})
+	c := b.consumer(t, inbox.Config{BatchHandler: h, NoListen: true, BatchSize: 10})
 	waitFor(t, "every delivery handled", func() (bool, error) {
 		if _, err := c.RunOnce(ctx); err != nil {
 			return false, err
 		}
-		return pgtest.Depths(t, ctx, pool, "work").Pending() == 0, nil
+		return pgtest.Depths(t, ctx, b.pool, "work").Pending() == 0, nil
 	})
-	if got := mustCount(t, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != n {
+	if got := b.count(t, `SELECT count(DISTINCT message_id) FROM effects`); got != n {
 		t.Fatalf("effects = %d, want %d", got, n)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM (SELECT n, lag(n) OVER (PARTITION BY key ORDER BY at, n) AS prev
+	if got := b.count(t, `SELECT count(*) FROM (SELECT n, lag(n) OVER (PARTITION BY key ORDER BY at, n) AS prev
 		FROM effects) e WHERE e.prev >= e.n`); got != 0 {
 		t.Fatalf("%d effects out of key order", got)
 	}
@@ -159,7 +159,7 @@ func TestFailureInAnOptimisticBatch(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const n = 10
-	pool := setup(t, n, n, dispatcher.Options{MaxAttempts: 5})
+	b := setup(t, n, n, dispatcher.Options{MaxAttempts: 5})
 	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
 		if err := recordEffect(ctx, tx, d); err != nil {
 			return err
@@ -169,20 +169,20 @@ func TestFailureInAnOptimisticBatch(t *testing.T) {
 		}
 		return nil
 	})
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: h, NoListen: true})
+	c := b.consumer(t, inbox.Config{Handler: h, NoListen: true})
 	if got, err := c.RunOnce(ctx); err != nil || got != n {
 		t.Fatalf("RunOnce = %d, %v; want %d", got, err, n)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != n-1 {
+	if got := b.effects(t); got != n-1 {
 		t.Fatalf("effects = %d, want %d", got, n-1)
 	}
-	if got := mustCount(t, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != n-1 {
+	if got := b.count(t, `SELECT count(DISTINCT message_id) FROM effects`); got != n-1 {
 		t.Fatalf("distinct effects = %d, want %d", got, n-1)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects WHERE n = 5`); got != 0 {
+	if got := b.count(t, `SELECT count(*) FROM effects WHERE n = 5`); got != 0 {
 		t.Fatal("the failed delivery's effect committed")
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.parked WHERE key = 'k5' AND attempts = 1`); got != 1 {
+	if got := b.count(t, `SELECT count(*) FROM postbox.parked WHERE key = 'k5' AND attempts = 1`); got != 1 {
 		t.Fatal("the failed delivery was not charged exactly one attempt")
 	}
 	if s := c.Stats(); s.Handled != n-1 || s.Failed != 1 {
@@ -198,10 +198,10 @@ func TestSessionTimeoutChargesOnlyTheSlowDelivery(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const n = 8
-	pool := setup(t, n, n, dispatcher.Options{MaxAttempts: 2, Backoff: dispatcher.Backoff{Initial: time.Millisecond, Max: time.Millisecond}})
-	exec(t, pool, `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET idle_in_transaction_session_timeout = %L', current_database(), '150ms'); END $$`)
-	// A new pool, so its sessions start with the database's setting.
-	slow := pgtest.Connect(t, pool, 8)
+	b := setup(t, n, n, dispatcher.Options{MaxAttempts: 2, Backoff: dispatcher.Backoff{Initial: time.Millisecond, Max: time.Millisecond}})
+	b.exec(t, `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET idle_in_transaction_session_timeout = %L', current_database(), '150ms'); END $$`)
+	// A new b.pool, so its sessions start with the database's setting.
+	slow := pgtest.Connect(t, b.pool, 8)
 	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
 		if err := recordEffect(ctx, tx, d); err != nil {
 			return err
@@ -215,17 +215,17 @@ func TestSessionTimeoutChargesOnlyTheSlowDelivery(t *testing.T) {
 		return nil
 	})
 	c := newConsumer(t, slow, inbox.Config{Subscriber: "work", Handler: h, NoListen: true, HandlerTimeout: 5 * time.Second})
-	runUntil(t, c, 40, func() bool { return pgtest.Depths(t, ctx, pool, "work").Pending() == 0 })
-	if got := mustCount(t, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != n-1 {
+	runUntil(t, c, 40, func() bool { return pgtest.Depths(t, ctx, b.pool, "work").Pending() == 0 })
+	if got := b.count(t, `SELECT count(DISTINCT message_id) FROM effects`); got != n-1 {
 		t.Fatalf("effects = %d, want the %d other deliveries", got, n-1)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.dead_letters WHERE key = 'k3' AND attempts = 2`); got != 1 {
+	if got := b.count(t, `SELECT count(*) FROM postbox.dead_letters WHERE key = 'k3' AND attempts = 2`); got != 1 {
 		t.Fatal("the slow delivery is not dead after its 2 attempts")
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.dead_letters`); got != 1 {
+	if got := b.count(t, `SELECT count(*) FROM postbox.dead_letters`); got != 1 {
 		t.Fatalf("dead letters = %d, want only the slow one", got)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.parked`); got != 0 {
+	if got := b.count(t, `SELECT count(*) FROM postbox.parked`); got != 0 {
 		t.Fatalf("parked = %d, want none: no other delivery charged", got)
 	}
 }
@@ -236,24 +236,24 @@ func TestBatchBudgetCommitsWhatFinished(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const n = 10
-	pool := setup(t, n, n, dispatcher.Options{})
+	b := setup(t, n, n, dispatcher.Options{})
 	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
 		time.Sleep(30 * time.Millisecond) // a slow handler; the budget is what is tested
 		return recordEffect(ctx, tx, d)
 	})
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: h, NoListen: true, BatchBudget: 50 * time.Millisecond})
+	c := b.consumer(t, inbox.Config{Handler: h, NoListen: true, BatchBudget: 50 * time.Millisecond})
 	if _, err := c.RunOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
-	got := mustCount(t, pool, `SELECT count(*) FROM effects`)
+	got := b.effects(t)
 	if got < 1 || got >= n {
 		t.Fatalf("first batch handled %d, want at least 1 and fewer than %d (the budget stopped it)", got, n)
 	}
-	if d := pgtest.Depths(t, ctx, pool, "work"); d.Pending() != n-got {
+	if d := pgtest.Depths(t, ctx, b.pool, "work"); d.Pending() != n-got {
 		t.Fatalf("depths = %+v, want the %d not reached still pending", d, n-got)
 	}
-	runUntilEmpty(t, pool, c, "work")
-	if got := mustCount(t, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != n {
+	b.runUntilEmpty(t, c)
+	if got := b.count(t, `SELECT count(DISTINCT message_id) FROM effects`); got != n {
 		t.Fatalf("effects = %d, want %d", got, n)
 	}
 }
@@ -265,7 +265,7 @@ func TestReleasedDeliveryIsHandedBackUncharged(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const n = 6
-	pool := setup(t, n, 1, dispatcher.Options{}) // one key: one partition, in order
+	b := setup(t, n, 1, dispatcher.Options{}) // one key: one partition, in order
 	var released atomic.Bool
 	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
 		if err := recordEffect(ctx, tx, d); err != nil {
@@ -276,18 +276,18 @@ func TestReleasedDeliveryIsHandedBackUncharged(t *testing.T) {
 		}
 		return nil
 	})
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: h, NoListen: true})
+	c := b.consumer(t, inbox.Config{Handler: h, NoListen: true})
 	if _, err := c.RunOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != 2 {
+	if got := b.effects(t); got != 2 {
 		t.Fatalf("effects after the release = %d, want messages 0 and 1 only", got)
 	}
-	if d := pgtest.Depths(t, ctx, pool, "work"); d.Ready != n-2 {
+	if d := pgtest.Depths(t, ctx, b.pool, "work"); d.Ready != n-2 {
 		t.Fatalf("depths = %+v, want the released one and those behind it ready", d)
 	}
-	runUntilEmpty(t, pool, c, "work")
-	if got := mustCount(t, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != n {
+	b.runUntilEmpty(t, c)
+	if got := b.count(t, `SELECT count(DISTINCT message_id) FROM effects`); got != n {
 		t.Fatalf("effects = %d, want %d", got, n)
 	}
 	if s := c.Stats(); s.Failed != 0 || s.Dead != 0 {
@@ -301,7 +301,7 @@ func TestSavepointPerDeliveryRunsEachHandlerOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const n = 10
-	pool := setup(t, n, n, dispatcher.Options{})
+	b := setup(t, n, n, dispatcher.Options{})
 	var calls atomic.Int64
 	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
 		calls.Add(1)
@@ -310,14 +310,14 @@ func TestSavepointPerDeliveryRunsEachHandlerOnce(t *testing.T) {
 		}
 		return recordEffect(ctx, tx, d)
 	})
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: h, NoListen: true, SavepointPerDelivery: true})
+	c := b.consumer(t, inbox.Config{Handler: h, NoListen: true, SavepointPerDelivery: true})
 	if _, err := c.RunOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if got := calls.Load(); got != n {
 		t.Fatalf("handler calls = %d, want %d (each once)", got, n)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != n-1 {
+	if got := b.effects(t); got != n-1 {
 		t.Fatalf("effects = %d, want %d", got, n-1)
 	}
 }

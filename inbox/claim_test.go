@@ -23,7 +23,7 @@ import (
 func TestFailingHotKeyHoldsBackOnlyItself(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := setup(t, 300, 1, dispatcher.Options{Backoff: dispatcher.Backoff{Initial: time.Hour, Max: time.Hour}})
+	b := setup(t, 300, 1, dispatcher.Options{Backoff: dispatcher.Backoff{Initial: time.Hour, Max: time.Hour}})
 	var msgs []*postbox.Message
 	for i := range 30 {
 		msgs = append(msgs, &postbox.Message{Topic: "work", Key: fmt.Sprintf("other-%02d", i), Payload: []byte(`{"n":-1}`)})
@@ -31,28 +31,28 @@ func TestFailingHotKeyHoldsBackOnlyItself(t *testing.T) {
 	for range 5 {
 		msgs = append(msgs, &postbox.Message{Topic: "work", Payload: []byte(`{"n":-2}`)})
 	}
-	if err := outbox.SendBatch(ctx, pool, msgs); err != nil {
+	if err := outbox.SendBatch(ctx, b.pool, msgs); err != nil {
 		t.Fatal(err)
 	}
-	drain(t, pool)
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", BatchSize: 10, NoListen: true,
+	b.drain(t)
+	c := b.consumer(t, inbox.Config{BatchSize: 10, NoListen: true,
 		Handler: inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
 			if d.Key == "k0" {
 				return errors.New("downstream of this key is down")
 			}
 			return recordEffect(ctx, tx, d)
 		})})
-	runUntilEmpty(t, pool, c, "work")
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects WHERE n = -1`); got != 30 {
+	b.runUntilEmpty(t, c)
+	if got := b.count(t, `SELECT count(*) FROM effects WHERE n = -1`); got != 30 {
 		t.Fatalf("other keys handled = %d, want 30", got)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects WHERE n = -2`); got != 5 {
+	if got := b.count(t, `SELECT count(*) FROM effects WHERE n = -2`); got != 5 {
 		t.Fatalf("keyless handled = %d, want 5", got)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects WHERE key = 'k0'`); got != 0 {
+	if got := b.count(t, `SELECT count(*) FROM effects WHERE key = 'k0'`); got != 0 {
 		t.Fatalf("handled %d messages of the failing key", got)
 	}
-	if d := pgtest.Depths(t, ctx, pool, "work"); d.Waiting != 300 || d.Ready != 0 {
+	if d := pgtest.Depths(t, ctx, b.pool, "work"); d.Waiting != 300 || d.Ready != 0 {
 		t.Fatalf("depths = %+v, want the hot key's 300 waiting", d)
 	}
 	if s := c.Stats(); s.Failed != 1 {
@@ -67,8 +67,8 @@ func TestHotKeyRunStopsAtItsFirstFailure(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const n = 10
-	pool := setup(t, n, 1, dispatcher.Options{Backoff: dispatcher.Backoff{Initial: time.Millisecond, Max: time.Millisecond}})
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", NoListen: true,
+	b := setup(t, n, 1, dispatcher.Options{Backoff: dispatcher.Backoff{Initial: time.Millisecond, Max: time.Millisecond}})
+	c := b.consumer(t, inbox.Config{NoListen: true,
 		Handler: inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
 			if payloadN(d) == 4 && d.Attempt == 1 {
 				return errors.New("try again")
@@ -78,17 +78,17 @@ func TestHotKeyRunStopsAtItsFirstFailure(t *testing.T) {
 	if got, err := c.RunOnce(ctx); err != nil || got != n {
 		t.Fatalf("first batch claimed %d (%v), want the run of %d", got, err, n)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != 4 {
+	if got := b.effects(t); got != 4 {
 		t.Fatalf("effects after the first batch = %d, want messages 0-3", got)
 	}
-	if d := pgtest.Depths(t, ctx, pool, "work"); d.Pending() != 6 {
+	if d := pgtest.Depths(t, ctx, b.pool, "work"); d.Pending() != 6 {
 		t.Fatalf("depths = %+v, want 6 pending (4 and the 5 behind it)", d)
 	}
-	runUntilEmpty(t, pool, c, "work")
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != n {
+	b.runUntilEmpty(t, c)
+	if got := b.effects(t); got != n {
 		t.Fatalf("effects = %d, want %d", got, n)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM (SELECT n, lag(n) OVER (ORDER BY at) AS prev FROM effects) e
+	if got := b.count(t, `SELECT count(*) FROM (SELECT n, lag(n) OVER (ORDER BY at) AS prev FROM effects) e
 		WHERE e.n <> coalesce(e.prev + 1, 0)`); got != 0 {
 		t.Fatalf("%d deliveries of the key handled out of order", got)
 	}
@@ -102,9 +102,9 @@ func TestHotKeyRunStopsAtItsFirstFailure(t *testing.T) {
 func TestOneNotificationWakesOneClaim(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := setup(t, 0, 1, dispatcher.Options{})
+	b := setup(t, 0, 1, dispatcher.Options{})
 	// No polling in the test's time: only the notification can wake them.
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: recordEffect, Concurrency: 4,
+	c := b.consumer(t, inbox.Config{Handler: recordEffect, Concurrency: 4,
 		PollInterval: time.Hour, MaxPollInterval: time.Hour})
 	run(t, c)
 	// Each worker claims once on start, and the listener's first wake-up
@@ -114,10 +114,10 @@ func TestOneNotificationWakesOneClaim(t *testing.T) {
 		return s.Claims >= 4 && s.Claims == s.EmptyClaims
 	})
 	before := c.Stats().Claims
-	if err := outbox.Send(ctx, pool, &postbox.Message{Topic: "work", Key: "k", Payload: []byte(`{"n":1}`)}); err != nil {
+	if err := outbox.Send(ctx, b.pool, &postbox.Message{Topic: "work", Key: "k", Payload: []byte(`{"n":1}`)}); err != nil {
 		t.Fatal(err)
 	}
-	drain(t, pool) // the relay notifies after its batch commits
+	b.drain(t) // the relay notifies after its batch commits
 	pgtest.WaitFor(t, ctx, 10*time.Second, "the message handled and the worker idle again", func() bool {
 		s := c.Stats()
 		return s.Handled == 1 && s.Claims-s.EmptyClaims == 1 && s.Claims-before >= 2

@@ -23,10 +23,10 @@ func TestReplayedDeadLettersAreHandledAndPurgeDeletes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const n = 3
-	pool := setup(t, n, n, dispatcher.Options{MaxAttempts: 2, Backoff: dispatcher.Backoff{Initial: time.Millisecond, Max: time.Millisecond}})
-	exec(t, pool, `CREATE TABLE fixed (at timestamptz)`)
+	b := setup(t, n, n, dispatcher.Options{MaxAttempts: 2, Backoff: dispatcher.Backoff{Initial: time.Millisecond, Max: time.Millisecond}})
+	b.exec(t, `CREATE TABLE fixed (at timestamptz)`)
 	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
-		if err := logCall(ctx, pool, d, d.Headers[postbox.HeaderReplayCount]); err != nil {
+		if err := b.logCall(ctx, d, d.Headers[postbox.HeaderReplayCount]); err != nil {
 			return err
 		}
 		v, err := postbox.Decode[struct{ N int }](d.Payload)
@@ -45,23 +45,23 @@ func TestReplayedDeadLettersAreHandledAndPurgeDeletes(t *testing.T) {
 		}
 		return recordEffect(ctx, tx, d)
 	})
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: h, PollInterval: 5 * time.Millisecond})
+	c := b.consumer(t, inbox.Config{Handler: h, PollInterval: 5 * time.Millisecond})
 	_, exited := run(t, c)
 	waitFor(t, "all dead", func() (bool, error) {
-		n, err := count(ctx, pool, `SELECT count(*) FROM postbox.dead_letters WHERE subscriber = 'work' AND attempts = 2 AND last_error = 'not fixed yet'`)
+		n, err := count(ctx, b.pool, `SELECT count(*) FROM postbox.dead_letters WHERE subscriber = 'work' AND attempts = 2 AND last_error = 'not fixed yet'`)
 		return n == 3, err
 	})
-	exec(t, pool, `INSERT INTO fixed VALUES (now())`)
+	b.exec(t, `INSERT INTO fixed VALUES (now())`)
 
 	// One by ID, then the rest.
 	var first string
-	if err := pool.QueryRow(ctx, `SELECT message_id::text FROM calls WHERE n = 0 LIMIT 1`).Scan(&first); err != nil {
+	if err := b.pool.QueryRow(ctx, `SELECT message_id::text FROM calls WHERE n = 0 LIMIT 1`).Scan(&first); err != nil {
 		t.Fatal(err)
 	}
 	replay := func(sql string, args ...any) int {
 		t.Helper()
 		var got int
-		if err := pool.QueryRow(ctx, sql, args...).Scan(&got); err != nil {
+		if err := b.pool.QueryRow(ctx, sql, args...).Scan(&got); err != nil {
 			t.Fatal(err)
 		}
 		return got
@@ -70,30 +70,30 @@ func TestReplayedDeadLettersAreHandledAndPurgeDeletes(t *testing.T) {
 		t.Fatalf("replayed %d by ID, want 1", got)
 	}
 	waitFor(t, "the replayed letter handled", func() (bool, error) {
-		n, err := count(ctx, pool, `SELECT count(*) FROM effects`)
+		n, err := count(ctx, b.pool, `SELECT count(*) FROM effects`)
 		return n == 1, err
 	})
 	if got := replay(`SELECT postbox.replay_dead_letters('work')`); got != 2 {
 		t.Fatalf("replayed %d, want the other 2", got)
 	}
 	waitFor(t, "every replayed letter handled", func() (bool, error) {
-		n, err := count(ctx, pool, pgtest.PendingSQL)
+		n, err := count(ctx, b.pool, pgtest.PendingSQL)
 		return n == 0, err
 	})
 	if exited() {
 		t.Fatal("Run returned")
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != n {
+	if got := b.effects(t); got != n {
 		t.Fatalf("effects = %d, want %d", got, n)
 	}
 	// The successful calls were first attempts again, and saw the replay.
-	if got := mustCount(t, pool, `SELECT count(*) FROM calls c JOIN effects e USING (message_id) WHERE c.attempt = 1 AND c.note = '1'`); got != n {
+	if got := b.count(t, `SELECT count(*) FROM calls c JOIN effects e USING (message_id) WHERE c.attempt = 1 AND c.note = '1'`); got != n {
 		t.Fatalf("%d handled deliveries were first attempts with x-replay-count 1, want %d", got, n)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM calls WHERE note <> ''`); got != n {
+	if got := b.count(t, `SELECT count(*) FROM calls WHERE note <> ''`); got != n {
 		t.Fatalf("%d calls saw x-replay-count, want only the %d after the replay", got, n)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.replays WHERE subscriber = 'work' AND attempts = 2 AND last_error = 'not fixed yet'`); got != n {
+	if got := b.count(t, `SELECT count(*) FROM postbox.replays WHERE subscriber = 'work' AND attempts = 2 AND last_error = 'not fixed yet'`); got != n {
 		t.Fatalf("replays recorded = %d, want %d", got, n)
 	}
 	if s := c.Stats(); s.Dead != n || s.Failed != n || s.Handled != n {
@@ -102,22 +102,22 @@ func TestReplayedDeadLettersAreHandledAndPurgeDeletes(t *testing.T) {
 
 	// Two that can never succeed: purged.
 	for _, v := range []int{100, 101} {
-		if err := outbox.Send(ctx, pool, &postbox.Message{Topic: "work", Payload: fmt.Appendf(nil, `{"n":%d}`, v)}); err != nil {
+		if err := outbox.Send(ctx, b.pool, &postbox.Message{Topic: "work", Payload: fmt.Appendf(nil, `{"n":%d}`, v)}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	drain(t, pool)
+	b.drain(t)
 	waitFor(t, "the unfixable ones dead", func() (bool, error) {
-		n, err := count(ctx, pool, `SELECT count(*) FROM postbox.dead_letters WHERE last_error = 'permanent: unfixable'`)
+		n, err := count(ctx, b.pool, `SELECT count(*) FROM postbox.dead_letters WHERE last_error = 'permanent: unfixable'`)
 		return n == 2, err
 	})
 	if got := replay(`SELECT postbox.purge_dead_letters('work')`); got != 2 {
 		t.Fatalf("purged %d, want 2", got)
 	}
-	if got := mustCount(t, pool, pgtest.PendingSQL); got != 0 {
+	if got := b.count(t, pgtest.PendingSQL); got != 0 {
 		t.Fatalf("inbox rows after purge = %d, want 0", got)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != n {
+	if got := b.effects(t); got != n {
 		t.Fatalf("effects = %d after purge, want still %d", got, n)
 	}
 }

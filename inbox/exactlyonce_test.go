@@ -43,8 +43,9 @@ func TestSameMessageIDPublishedTwiceHasOneEffect(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
-			pool := setup(t, 0, 1, dispatcher.Options{})
-			if err := dispatcher.Subscribe(ctx, pool, dispatcher.Subscription{Subscriber: "audit", Topic: "orders.created"}); err != nil {
+			b := setup(t, 0, 1, dispatcher.Options{})
+			b.subscriber = tc.subscriber // the one consumed
+			if err := dispatcher.Subscribe(ctx, b.pool, dispatcher.Subscription{Subscriber: "audit", Topic: "orders.created"}); err != nil {
 				t.Fatal(err)
 			}
 			id := postbox.NewID()
@@ -52,30 +53,30 @@ func TestSameMessageIDPublishedTwiceHasOneEffect(t *testing.T) {
 				t.Helper()
 				// A fresh struct each time: the producer retried with the same ID.
 				msg := &postbox.Message{ID: id, Topic: tc.topic, Key: "order-1", Payload: []byte(`{"n":1}`)}
-				if err := tc.write(ctx, pool, msg); err != nil {
+				if err := tc.write(ctx, b.pool, msg); err != nil {
 					t.Fatal(err)
 				}
 			}
 			write()
 			write()
 			// In one relay batch: the relay drops the second copy.
-			res := drain(t, pool)
+			res := b.drain(t)
 			if res.Claimed != 2 || res.Delivered != 1 || res.Duplicates != 1 {
 				t.Fatalf("relay moved %+v, want 2 claimed, 1 delivered, 1 duplicate", res)
 			}
 			var calls atomic.Int64
-			c := newConsumer(t, pool, inbox.Config{Subscriber: tc.subscriber, Handler: counted(recordEffect, &calls)})
-			runUntilEmpty(t, pool, c, tc.subscriber)
+			c := b.consumer(t, inbox.Config{Handler: counted(recordEffect, &calls)})
+			b.runUntilEmpty(t, c)
 
 			// Sent once more after it was handled: the relay finds the ID in
 			// postbox.processed and drops it.
 			write()
-			if res := drain(t, pool); res.Claimed != 1 || res.Delivered != 0 {
+			if res := b.drain(t); res.Claimed != 1 || res.Delivered != 0 {
 				t.Fatalf("relay moved %+v after handling, want 1 claimed and 0 delivered", res)
 			}
-			runUntilEmpty(t, pool, c, tc.subscriber)
+			b.runUntilEmpty(t, c)
 
-			if got := mustCount(t, pool, `SELECT count(*) FROM effects WHERE message_id = $1`, id); got != 1 {
+			if got := b.count(t, `SELECT count(*) FROM effects WHERE message_id = $1`, id); got != 1 {
 				t.Fatalf("effects = %d, want 1", got)
 			}
 			if got := calls.Load(); got != 1 {
@@ -96,16 +97,16 @@ func TestDuplicateDeliveryAfterHandlingIsDropped(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const n = 5
-	pool := setup(t, n, n, dispatcher.Options{})
+	b := setup(t, n, n, dispatcher.Options{})
 	var calls atomic.Int64
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: counted(recordEffect, &calls)})
-	runUntilEmpty(t, pool, c, "work")
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.processed WHERE subscriber = 'work'`); got != n {
+	c := b.consumer(t, inbox.Config{Handler: counted(recordEffect, &calls)})
+	b.runUntilEmpty(t, c)
+	if got := b.count(t, `SELECT count(*) FROM postbox.processed WHERE subscriber = 'work'`); got != n {
 		t.Fatalf("processed = %d, want %d", got, n)
 	}
 
 	// Deliver two handled messages again, straight into the inbox.
-	exec(t, pool, `INSERT INTO postbox.inbox (subscriber, part, message_id, key_hash, topic, key, payload, available_at, created_at)
+	b.exec(t, `INSERT INTO postbox.inbox (subscriber, part, message_id, key_hash, topic, key, payload, available_at, created_at)
 		SELECT 'work', 0, e.message_id, 0, 'work', e.key, convert_to(json_build_object('n', e.n)::text, 'UTF8'), now(), now()
 		FROM effects e WHERE e.n IN (1, 3)`)
 	got, err := c.RunOnce(ctx)
@@ -121,10 +122,10 @@ func TestDuplicateDeliveryAfterHandlingIsDropped(t *testing.T) {
 	if got := calls.Load(); got != n {
 		t.Fatalf("handler calls = %d, want %d", got, n)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != n {
+	if got := b.effects(t); got != n {
 		t.Fatalf("effects = %d, want %d", got, n)
 	}
-	if got := mustCount(t, pool, pgtest.PendingSQL); got != 0 {
+	if got := b.count(t, pgtest.PendingSQL); got != 0 {
 		t.Fatalf("inbox rows = %d, want 0", got)
 	}
 }
@@ -136,7 +137,7 @@ func TestConnectionKilledBeforeCommitKeepsEffectsExactlyOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const n = 20
-	pool := setup(t, n, n, dispatcher.Options{})
+	b := setup(t, n, n, dispatcher.Options{})
 	const victim = 7
 	var (
 		blocked  atomic.Bool
@@ -144,7 +145,7 @@ func TestConnectionKilledBeforeCommitKeepsEffectsExactlyOnce(t *testing.T) {
 		released = make(chan struct{})
 	)
 	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
-		if err := logCall(ctx, pool, d, ""); err != nil {
+		if err := b.logCall(ctx, d, ""); err != nil {
 			return err
 		}
 		if err := recordEffect(ctx, tx, d); err != nil {
@@ -161,35 +162,35 @@ func TestConnectionKilledBeforeCommitKeepsEffectsExactlyOnce(t *testing.T) {
 		}
 		return nil
 	})
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: h, BatchSize: 5, Concurrency: 2, PollInterval: 5 * time.Millisecond})
+	c := b.consumer(t, inbox.Config{Handler: h, BatchSize: 5, Concurrency: 2, PollInterval: 5 * time.Millisecond})
 	_, exited := run(t, c)
 
 	pid := <-pids
 	var killed bool
-	if err := pool.QueryRow(ctx, `SELECT pg_terminate_backend($1)`, pid).Scan(&killed); err != nil || !killed {
+	if err := b.pool.QueryRow(ctx, `SELECT pg_terminate_backend($1)`, pid).Scan(&killed); err != nil || !killed {
 		t.Fatalf("pg_terminate_backend(%d) = %v, %v", pid, killed, err)
 	}
 	waitFor(t, "the killed backend to exit", func() (bool, error) {
-		n, err := count(ctx, pool, `SELECT count(*) FROM pg_stat_activity WHERE pid = $1`, pid)
+		n, err := count(ctx, b.pool, `SELECT count(*) FROM pg_stat_activity WHERE pid = $1`, pid)
 		return n == 0, err
 	})
 	close(released)
 
 	waitFor(t, "every message handled", func() (bool, error) {
-		n, err := count(ctx, pool, pgtest.PendingSQL)
+		n, err := count(ctx, b.pool, pgtest.PendingSQL)
 		return n == 0, err
 	})
 	if exited() {
 		t.Fatal("Run returned after the connection was killed")
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != n {
+	if got := b.effects(t); got != n {
 		t.Fatalf("effects = %d, want %d", got, n)
 	}
-	if got := mustCount(t, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != n {
+	if got := b.count(t, `SELECT count(DISTINCT message_id) FROM effects`); got != n {
 		t.Fatalf("distinct effects = %d, want %d", got, n)
 	}
 	// The victim ran twice: once on the killed connection, once for real.
-	if got := mustCount(t, pool, `SELECT count(*) FROM calls WHERE n = $1`, victim); got != 2 {
+	if got := b.count(t, `SELECT count(*) FROM calls WHERE n = $1`, victim); got != 2 {
 		t.Fatalf("victim handled %d times, want 2", got)
 	}
 	if s := c.Stats(); s.Errors < 1 || s.Handled != n || s.Failed != 0 {
@@ -204,14 +205,14 @@ func TestConnectionKilledDuringCommitKeepsEffectsExactlyOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const n = 10
-	pool := setup(t, n, n, dispatcher.Options{})
+	b := setup(t, n, n, dispatcher.Options{})
 	const gateLock = 4242
-	exec(t, pool, `CREATE TABLE gate (message_id uuid);
+	b.exec(t, `CREATE TABLE gate (message_id uuid);
 		CREATE FUNCTION gate_wait() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NULL; END $$;
 		CREATE CONSTRAINT TRIGGER gate_at_commit AFTER INSERT ON gate
 		DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gate_wait();`)
-	holder, err := pool.Acquire(ctx)
+	holder, err := b.pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,27 +233,27 @@ func TestConnectionKilledDuringCommitKeepsEffectsExactlyOnce(t *testing.T) {
 		}
 		return nil
 	})
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", Handler: h, BatchSize: n, Concurrency: 1, PollInterval: 5 * time.Millisecond})
+	c := b.consumer(t, inbox.Config{Handler: h, BatchSize: n, Concurrency: 1, PollInterval: 5 * time.Millisecond})
 	_, exited := run(t, c)
 
 	var pid uint32
 	waitFor(t, "the batch's COMMIT to wait at the gate", func() (bool, error) {
-		err := pool.QueryRow(ctx, `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1`, gateLock).Scan(&pid)
+		err := b.pool.QueryRow(ctx, `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1`, gateLock).Scan(&pid)
 		if err == pgx.ErrNoRows {
 			return false, nil
 		}
 		return err == nil, err
 	})
 	var query string
-	if err := pool.QueryRow(ctx, `SELECT query FROM pg_stat_activity WHERE pid = $1`, pid).Scan(&query); err != nil {
+	if err := b.pool.QueryRow(ctx, `SELECT query FROM pg_stat_activity WHERE pid = $1`, pid).Scan(&query); err != nil {
 		t.Fatal(err)
 	}
 	if query != "commit" && query != "COMMIT" {
 		t.Fatalf("the gated backend runs %q, want commit", query)
 	}
-	exec(t, pool, `SELECT pg_terminate_backend($1)`, pid)
+	b.exec(t, `SELECT pg_terminate_backend($1)`, pid)
 	waitFor(t, "the killed backend to exit", func() (bool, error) {
-		n, err := count(ctx, pool, `SELECT count(*) FROM pg_stat_activity WHERE pid = $1`, pid)
+		n, err := count(ctx, b.pool, `SELECT count(*) FROM pg_stat_activity WHERE pid = $1`, pid)
 		return n == 0, err
 	})
 	if _, err := holder.Exec(ctx, `SELECT pg_advisory_unlock($1)`, gateLock); err != nil {
@@ -261,19 +262,19 @@ func TestConnectionKilledDuringCommitKeepsEffectsExactlyOnce(t *testing.T) {
 	holder.Release()
 
 	waitFor(t, "every message handled", func() (bool, error) {
-		n, err := count(ctx, pool, pgtest.PendingSQL)
+		n, err := count(ctx, b.pool, pgtest.PendingSQL)
 		return n == 0, err
 	})
 	if exited() {
 		t.Fatal("Run returned after the connection was killed")
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != n {
+	if got := b.effects(t); got != n {
 		t.Fatalf("effects = %d, want %d", got, n)
 	}
-	if got := mustCount(t, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != n {
+	if got := b.count(t, `SELECT count(DISTINCT message_id) FROM effects`); got != n {
 		t.Fatalf("distinct effects = %d, want %d", got, n)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM gate`); got != 0 {
+	if got := b.count(t, `SELECT count(*) FROM gate`); got != 0 {
 		t.Fatalf("gate rows = %d: the killed commit committed", got)
 	}
 	if s := c.Stats(); s.Errors < 1 || s.Handled != n {
@@ -281,7 +282,7 @@ func TestConnectionKilledDuringCommitKeepsEffectsExactlyOnce(t *testing.T) {
 	}
 }
 
-// Eight consumers, each with its own pool and one worker, compete for
+// Eight consumers, each with its own b.pool and one worker, compete for
 // 20,000 messages over 100 keys while the relay moves them: every message is
 // handled once, and each key's messages in publish order.
 func TestCompetingConsumersHandleEachMessageOnceInKeyOrder(t *testing.T) {
@@ -313,7 +314,9 @@ func TestCompetingConsumersHandleEachMessageOnceInKeyOrder(t *testing.T) {
 	}
 	// id follows insert order; a key's next message can only be claimed
 	// after its previous one committed, so per key id order is handling order.
-	exec(t, pool, `CREATE TABLE effects (id bigint GENERATED ALWAYS AS IDENTITY, message_id uuid, key text, n int)`)
+	if _, err := pool.Exec(ctx, `CREATE TABLE effects (id bigint GENERATED ALWAYS AS IDENTITY, message_id uuid, key text, n int)`); err != nil {
+		t.Fatal(err)
+	}
 	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
 		v, err := postbox.Decode[struct{ N int }](d.Payload)
 		if err != nil {
@@ -379,14 +382,14 @@ func TestCompetingConsumersHandleEachMessageOnceInKeyOrder(t *testing.T) {
 	if busy < 2 {
 		t.Fatalf("only %d of %d consumers handled anything", busy, consumers)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != messages {
+	if got := pgtest.Count(t, ctx, pool, `SELECT count(*) FROM effects`); got != messages {
 		t.Fatalf("effects = %d, want %d", got, messages)
 	}
-	if got := mustCount(t, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != messages {
+	if got := pgtest.Count(t, ctx, pool, `SELECT count(DISTINCT message_id) FROM effects`); got != messages {
 		t.Fatalf("distinct effects = %d, want %d", got, messages)
 	}
 	// Per key: the first effect is message 0 and each next one is the next.
-	bad := mustCount(t, pool, `SELECT count(*) FROM (
+	bad := pgtest.Count(t, ctx, pool, `SELECT count(*) FROM (
 		SELECT n, lag(n) OVER (PARTITION BY key ORDER BY id) AS prev FROM effects) x
 		WHERE n <> coalesce(prev + 1, 0)`)
 	if bad != 0 {

@@ -11,12 +11,10 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/dispatcher"
 	"github.com/postbox-dev/postbox/inbox"
-	"github.com/postbox-dev/postbox/internal/pgtest"
 	"github.com/postbox-dev/postbox/outbox"
 )
 
@@ -29,16 +27,15 @@ type shipment struct {
 	OrderID string `json:"orderId"`
 }
 
-// ordersPool subscribes subscriber to orders.created and publishes one
-// order per amount, keyed by order ID, with the given headers.
-func ordersPool(t *testing.T, subscriber string, headers map[string]string, amounts ...float64) (*pgxpool.Pool, []*postbox.Message) {
+// setupOrders subscribes subscriber to orders.created and publishes one
+// order per amount, keyed by order ID, with the given headers, relayed.
+func setupOrders(t *testing.T, subscriber string, headers map[string]string, amounts ...float64) (*bundle, []*postbox.Message) {
 	t.Helper()
 	ctx := context.Background()
-	pool := pgtest.Pool(t, 8)
-	if err := dispatcher.Subscribe(ctx, pool, dispatcher.Subscription{Subscriber: subscriber, Topic: "orders.created"}); err != nil {
+	b := newBundle(t, subscriber)
+	if err := dispatcher.Subscribe(ctx, b.pool, dispatcher.Subscription{Subscriber: subscriber, Topic: "orders.created"}); err != nil {
 		t.Fatal(err)
 	}
-	exec(t, pool, `CREATE TABLE effects (message_id uuid, step text, amount numeric)`)
 	msgs := make([]*postbox.Message, len(amounts))
 	for i, a := range amounts {
 		id := fmt.Sprintf("o-%d", i)
@@ -47,12 +44,12 @@ func ordersPool(t *testing.T, subscriber string, headers map[string]string, amou
 			t.Fatal(err)
 		}
 		msgs[i] = &postbox.Message{Topic: "orders.created", Type: "order.created.v1", Key: id, Payload: payload, Headers: headers}
-		if err := outbox.Publish(ctx, pool, msgs[i]); err != nil {
+		if err := outbox.Publish(ctx, b.pool, msgs[i]); err != nil {
 			t.Fatal(err)
 		}
 	}
-	drain(t, pool)
-	return pool, msgs
+	b.drain(t)
+	return b, msgs
 }
 
 // step records name as an effect of the delivery, in its transaction.
@@ -62,7 +59,7 @@ func step(name string) inbox.Handler {
 		if err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO effects VALUES ($1, $2, $3)`, d.ID, name, o.TotalAmount)
+		_, err = tx.Exec(ctx, `INSERT INTO effects (message_id, step, amount) VALUES ($1, $2, $3)`, d.ID, name, o.TotalAmount)
 		return err
 	})
 }
@@ -77,11 +74,11 @@ func highValue(d *inbox.Delivery) bool {
 func TestFilterPassesOnlyMatchingDeliveries(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, _ := ordersPool(t, "vip-desk", nil, 500, 10000, 25000, 9999.99, 10000.5)
+	b, _ := setupOrders(t, "vip-desk", nil, 500, 10000, 25000, 9999.99, 10000.5)
 	h := inbox.Chain(step("vip"), inbox.Filter(highValue))
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "vip-desk", Handler: h})
-	runUntilEmpty(t, pool, c, "vip-desk")
-	rows, err := pool.Query(ctx, `SELECT amount::float8 FROM effects ORDER BY amount`)
+	c := b.consumer(t, inbox.Config{Handler: h})
+	b.runUntilEmpty(t, c)
+	rows, err := b.pool.Query(ctx, `SELECT amount::float8 FROM effects ORDER BY amount`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +92,7 @@ func TestFilterPassesOnlyMatchingDeliveries(t *testing.T) {
 	if s := c.Stats(); s.Handled != 5 {
 		t.Fatalf("stats = %+v, want all 5 handled (filtered ones with no effect)", s)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.processed WHERE subscriber = 'vip-desk'`); got != 5 {
+	if got := b.count(t, `SELECT count(*) FROM postbox.processed WHERE subscriber = 'vip-desk'`); got != 5 {
 		t.Fatalf("processed = %d, want 5", got)
 	}
 }
@@ -107,14 +104,14 @@ func TestFilterPassesOnlyMatchingDeliveries(t *testing.T) {
 func TestTransformSendsCorrelatedCommandInTheSameTransaction(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, orders := ordersPool(t, "fulfilment", map[string]string{postbox.HeaderCorrelationID: "checkout-42"}, 120, -1)
+	b, orders := setupOrders(t, "fulfilment", map[string]string{postbox.HeaderCorrelationID: "checkout-42"}, 120, -1)
 	plain := &postbox.Message{Topic: "orders.created", Key: "o-9", Payload: []byte(`{"orderId":"o-9","totalAmount":5}`)}
-	if err := outbox.Publish(ctx, pool, plain); err != nil {
+	if err := outbox.Publish(ctx, b.pool, plain); err != nil {
 		t.Fatal(err)
 	}
-	drain(t, pool)
+	b.drain(t)
 	orders = append(orders, plain)
-	if err := dispatcher.DeclareQueue(ctx, pool, "ship-order", dispatcher.Options{}); err != nil {
+	if err := dispatcher.DeclareQueue(ctx, b.pool, "ship-order", dispatcher.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	toShipment := inbox.Transform(func(ctx context.Context, d *inbox.Delivery) (*postbox.Message, error) {
@@ -131,12 +128,12 @@ func TestTransformSendsCorrelatedCommandInTheSameTransaction(t *testing.T) {
 		}
 		return &postbox.Message{Topic: "ship-order", Type: "shipment.requested.v1", Key: d.Key, Payload: payload}, nil
 	}, outbox.Send)
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "fulfilment", Handler: toShipment})
-	runUntilEmpty(t, pool, c, "fulfilment")
+	c := b.consumer(t, inbox.Config{Handler: toShipment})
+	b.runUntilEmpty(t, c)
 	if s := c.Stats(); s.Handled != 3 {
 		t.Fatalf("stats = %+v, want 3 handled", s)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.outbox WHERE is_queue AND topic = 'ship-order'`); got != 2 {
+	if got := b.count(t, `SELECT count(*) FROM postbox.outbox WHERE is_queue AND topic = 'ship-order'`); got != 2 {
 		t.Fatalf("commands in the outbox = %d, want 2", got)
 	}
 
@@ -152,9 +149,9 @@ func TestTransformSendsCorrelatedCommandInTheSameTransaction(t *testing.T) {
 		got <- seen{s.OrderID, d.Headers[postbox.HeaderCorrelationID], d.Headers[postbox.HeaderCausationID]}
 		return nil
 	})
-	drain(t, pool)
-	shipping := newConsumer(t, pool, inbox.Config{Subscriber: "ship-order", Handler: ship})
-	runUntilEmpty(t, pool, shipping, "ship-order")
+	b.drain(t)
+	shipping := newConsumer(t, b.pool, inbox.Config{Subscriber: "ship-order", Handler: ship})
+	runUntilEmpty(t, b.pool, shipping, "ship-order")
 	close(got)
 	var all []seen
 	for s := range got {
@@ -176,11 +173,11 @@ func TestTransformSendsCorrelatedCommandInTheSameTransaction(t *testing.T) {
 func TestPipelineStopsAtFirstErrorAndRollsBack(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, orders := ordersPool(t, "fulfilment", nil, 100, 200)
-	if err := dispatcher.DeclareQueue(ctx, pool, "ship-order", dispatcher.Options{MaxAttempts: 1}); err != nil {
+	b, orders := setupOrders(t, "fulfilment", nil, 100, 200)
+	if err := dispatcher.DeclareQueue(ctx, b.pool, "ship-order", dispatcher.Options{MaxAttempts: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if err := dispatcher.DeclareSubscriber(ctx, pool, "fulfilment", dispatcher.Options{MaxAttempts: 1}); err != nil {
+	if err := dispatcher.DeclareSubscriber(ctx, b.pool, "fulfilment", dispatcher.Options{MaxAttempts: 1}); err != nil {
 		t.Fatal(err)
 	}
 	send := inbox.Transform(func(ctx context.Context, d *inbox.Delivery) (*postbox.Message, error) {
@@ -204,7 +201,7 @@ func TestPipelineStopsAtFirstErrorAndRollsBack(t *testing.T) {
 	// One delivery per batch: the steps of each run once. (In a larger
 	// batch, a failure makes the deliveries before it run again, carefully;
 	// only their last run's effects commit.)
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "fulfilment", Handler: h, BatchSize: 1})
+	c := b.consumer(t, inbox.Config{Handler: h, BatchSize: 1})
 	for range 2 {
 		if _, err := c.RunOnce(ctx); err != nil {
 			t.Fatal(err)
@@ -217,7 +214,7 @@ func TestPipelineStopsAtFirstErrorAndRollsBack(t *testing.T) {
 		t.Fatalf("steps ran %v, want %v", ran, want)
 	}
 	effects := func(id uuid.UUID) []string {
-		rows, err := pool.Query(ctx, `SELECT step FROM effects WHERE message_id = $1 ORDER BY step`, id)
+		rows, err := b.pool.Query(ctx, `SELECT step FROM effects WHERE message_id = $1 ORDER BY step`, id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -233,13 +230,13 @@ func TestPipelineStopsAtFirstErrorAndRollsBack(t *testing.T) {
 	if got := effects(orders[1].ID); len(got) != 0 {
 		t.Fatalf("effects of the failing order = %v, want none", got)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.outbox WHERE topic = 'ship-order' AND key = 'o-0'`); got != 1 {
+	if got := b.count(t, `SELECT count(*) FROM postbox.outbox WHERE topic = 'ship-order' AND key = 'o-0'`); got != 1 {
 		t.Fatal("the passing order's command was not sent")
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.outbox WHERE topic = 'ship-order' AND key = 'o-1'`); got != 0 {
+	if got := b.count(t, `SELECT count(*) FROM postbox.outbox WHERE topic = 'ship-order' AND key = 'o-1'`); got != 0 {
 		t.Fatal("the failing order's command was sent")
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.dead_letters WHERE key = 'o-1' AND last_error = $1`, errCredit.Error()); got != 1 {
+	if got := b.count(t, `SELECT count(*) FROM postbox.dead_letters WHERE key = 'o-1' AND last_error = $1`, errCredit.Error()); got != 1 {
 		t.Fatal("the failing order is not a dead letter with the step's error")
 	}
 }

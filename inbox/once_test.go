@@ -10,19 +10,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/postbox-dev/postbox"
 	"github.com/postbox-dev/postbox/inbox"
-	"github.com/postbox-dev/postbox/internal/pgtest"
 )
-
-func oncePool(t *testing.T) *pgxpool.Pool {
-	t.Helper()
-	pool := pgtest.Pool(t, 16)
-	exec(t, pool, `CREATE TABLE effects (message_id uuid, note text)`)
-	return pool
-}
 
 // Ten concurrent calls with the same message ID run the handler once. The
 // first caller's handler waits until the nine others are blocked on its
@@ -30,19 +21,19 @@ func oncePool(t *testing.T) *pgxpool.Pool {
 func TestHandleOnceRunsConcurrentCallsOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := oncePool(t)
+	b := newBundle(t, "")
 	const callers = 10
 	id := postbox.NewID()
 	var calls atomic.Int64
 	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
 		calls.Add(1)
-		if _, err := tx.Exec(ctx, `INSERT INTO effects VALUES ($1, 'webhook')`, d.ID); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO effects (message_id, note) VALUES ($1, 'webhook')`, d.ID); err != nil {
 			return err
 		}
 		deadline := time.Now().Add(30 * time.Second)
 		for {
 			var waiting int
-			if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
 				WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
 				return err
 			}
@@ -65,7 +56,7 @@ func TestHandleOnceRunsConcurrentCallsOnce(t *testing.T) {
 		wg.Go(func() {
 			<-start
 			msg := &postbox.Message{ID: id, Topic: "payments", Payload: []byte(`{}`)}
-			dup, err := inbox.HandleOnce(ctx, pool, "webhooks", msg, h)
+			dup, err := inbox.HandleOnce(ctx, b.pool, "webhooks", msg, h)
 			if err != nil {
 				errs <- err
 			}
@@ -86,10 +77,10 @@ func TestHandleOnceRunsConcurrentCallsOnce(t *testing.T) {
 	if got := dups.Load(); got != callers-1 {
 		t.Fatalf("%d calls reported a duplicate, want %d", got, callers-1)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != 1 {
+	if got := b.effects(t); got != 1 {
 		t.Fatalf("effects = %d, want 1", got)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.processed WHERE subscriber = 'webhooks' AND message_id = $1`, id); got != 1 {
+	if got := b.count(t, `SELECT count(*) FROM postbox.processed WHERE subscriber = 'webhooks' AND message_id = $1`, id); got != 1 {
 		t.Fatalf("marks = %d, want 1", got)
 	}
 }
@@ -99,12 +90,12 @@ func TestHandleOnceRunsConcurrentCallsOnce(t *testing.T) {
 func TestHandleOnceFailureLeavesNoMark(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := oncePool(t)
+	b := newBundle(t, "")
 	msg := &postbox.Message{ID: postbox.NewID(), Topic: "payments", Payload: []byte(`{}`)}
 	var calls atomic.Int64
 	write := func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
 		calls.Add(1)
-		_, err := tx.Exec(ctx, `INSERT INTO effects VALUES ($1, 'charged')`, d.ID)
+		_, err := tx.Exec(ctx, `INSERT INTO effects (message_id, note) VALUES ($1, 'charged')`, d.ID)
 		return err
 	}
 	errDown := errors.New("payment provider down")
@@ -123,29 +114,29 @@ func TestHandleOnceFailureLeavesNoMark(t *testing.T) {
 	})
 	ok := inbox.HandlerFunc(write)
 
-	if dup, err := inbox.HandleOnce(ctx, pool, "payments", msg, failing); !errors.Is(err, errDown) || dup {
+	if dup, err := inbox.HandleOnce(ctx, b.pool, "payments", msg, failing); !errors.Is(err, errDown) || dup {
 		t.Fatalf("failing handler: duplicate %v, err %v; want the handler's error", dup, err)
 	}
-	if dup, err := inbox.HandleOnce(ctx, pool, "payments", msg, swallowing); err == nil || dup {
+	if dup, err := inbox.HandleOnce(ctx, b.pool, "payments", msg, swallowing); err == nil || dup {
 		t.Fatalf("handler that left the transaction aborted: duplicate %v, err %v; want an error", dup, err)
 	}
-	if got := mustCount(t, pool, `SELECT (SELECT count(*) FROM effects) + (SELECT count(*) FROM postbox.processed)`); got != 0 {
+	if got := b.count(t, `SELECT (SELECT count(*) FROM effects) + (SELECT count(*) FROM postbox.processed)`); got != 0 {
 		t.Fatalf("failed calls left %d rows", got)
 	}
-	if dup, err := inbox.HandleOnce(ctx, pool, "payments", msg, ok); err != nil || dup {
+	if dup, err := inbox.HandleOnce(ctx, b.pool, "payments", msg, ok); err != nil || dup {
 		t.Fatalf("retry: duplicate %v, err %v; want the handler to run", dup, err)
 	}
-	if dup, err := inbox.HandleOnce(ctx, pool, "payments", msg, ok); err != nil || !dup {
+	if dup, err := inbox.HandleOnce(ctx, b.pool, "payments", msg, ok); err != nil || !dup {
 		t.Fatalf("repeat: duplicate %v, err %v; want a duplicate", dup, err)
 	}
 	if got := calls.Load(); got != 3 {
 		t.Fatalf("handler calls = %d, want 3 (the last call is a duplicate)", got)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != 1 {
+	if got := b.effects(t); got != 1 {
 		t.Fatalf("effects = %d, want 1", got)
 	}
 	// Another subscriber handles the same message on its own.
-	if dup, err := inbox.HandleOnce(ctx, pool, "ledger", msg, ok); err != nil || dup {
+	if dup, err := inbox.HandleOnce(ctx, b.pool, "ledger", msg, ok); err != nil || dup {
 		t.Fatalf("other subscriber: duplicate %v, err %v; want the handler to run", dup, err)
 	}
 }
@@ -154,14 +145,14 @@ func TestHandleOnceFailureLeavesNoMark(t *testing.T) {
 func TestHandleOnceInCallersTransaction(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := oncePool(t)
+	b := newBundle(t, "")
 	msg := &postbox.Message{ID: postbox.NewID(), Topic: "payments"}
 	ok := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
-		_, err := tx.Exec(ctx, `INSERT INTO effects VALUES ($1, 'charged')`, d.ID)
+		_, err := tx.Exec(ctx, `INSERT INTO effects (message_id, note) VALUES ($1, 'charged')`, d.ID)
 		return err
 	})
 	for _, commit := range []bool{false, true} {
-		tx, err := pool.Begin(ctx)
+		tx, err := b.pool.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -177,10 +168,10 @@ func TestHandleOnceInCallersTransaction(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != 1 {
+	if got := b.effects(t); got != 1 {
 		t.Fatalf("effects = %d, want 1 (the rolled back call's effect is gone)", got)
 	}
-	if dup, err := inbox.HandleOnce(ctx, pool, "payments", msg, ok); err != nil || !dup {
+	if dup, err := inbox.HandleOnce(ctx, b.pool, "payments", msg, ok); err != nil || !dup {
 		t.Fatalf("after commit: duplicate %v, err %v; want a duplicate", dup, err)
 	}
 }
@@ -190,19 +181,19 @@ func TestHandleOnceInCallersTransaction(t *testing.T) {
 func TestHandleOnceRefusesBadInput(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := oncePool(t)
+	b := newBundle(t, "")
 	var commitErr error
 	h := inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
 		commitErr = tx.Commit(ctx)
 		return nil
 	})
-	if _, err := inbox.HandleOnce(ctx, pool, "payments", &postbox.Message{Topic: "x"}, h); !errors.Is(err, postbox.ErrInvalid) {
+	if _, err := inbox.HandleOnce(ctx, b.pool, "payments", &postbox.Message{Topic: "x"}, h); !errors.Is(err, postbox.ErrInvalid) {
 		t.Fatalf("message without ID: err %v, want ErrInvalid", err)
 	}
-	if _, err := inbox.HandleOnce(ctx, pool, "Bad Name", &postbox.Message{ID: postbox.NewID()}, h); !errors.Is(err, postbox.ErrInvalid) {
+	if _, err := inbox.HandleOnce(ctx, b.pool, "Bad Name", &postbox.Message{ID: postbox.NewID()}, h); !errors.Is(err, postbox.ErrInvalid) {
 		t.Fatalf("bad subscriber name: err %v, want ErrInvalid", err)
 	}
-	if _, err := inbox.HandleOnce(ctx, pool, "payments", &postbox.Message{ID: postbox.NewID()}, h); err != nil {
+	if _, err := inbox.HandleOnce(ctx, b.pool, "payments", &postbox.Message{ID: postbox.NewID()}, h); err != nil {
 		t.Fatal(err)
 	}
 	if !errors.Is(commitErr, inbox.ErrTxOwned) {

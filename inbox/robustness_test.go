@@ -20,11 +20,6 @@ import (
 
 var quickRetry = dispatcher.Options{MaxAttempts: 2, Backoff: dispatcher.Backoff{Initial: time.Millisecond, Max: time.Millisecond}}
 
-func payloadN(d *inbox.Delivery) int {
-	v, _ := postbox.Decode[struct{ N int }](d.Payload)
-	return v.N
-}
-
 // runUntil calls RunOnce until cond holds, at most n times.
 func runUntil(t *testing.T, c *inbox.Consumer, n int, cond func() bool) {
 	t.Helper()
@@ -45,10 +40,10 @@ func runUntil(t *testing.T, c *inbox.Consumer, n int, cond func() bool) {
 // dead-lettered, the others are handled.
 func TestRefusedCommitFindsTheCulprit(t *testing.T) {
 	t.Parallel()
-	pool := setup(t, 5, 5, quickRetry)
-	exec(t, pool, `CREATE TABLE parent (id int PRIMARY KEY);
+	b := setup(t, 5, 5, quickRetry)
+	b.exec(t, `CREATE TABLE parent (id int PRIMARY KEY);
 		CREATE TABLE child (ref int REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)`)
-	c := newConsumer(t, pool, inbox.Config{Subscriber: "work", BatchSize: 10, NoListen: true,
+	c := b.consumer(t, inbox.Config{BatchSize: 10, NoListen: true,
 		Handler: inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
 			if payloadN(d) == 2 {
 				_, err := tx.Exec(ctx, `INSERT INTO child VALUES (999)`)
@@ -58,12 +53,12 @@ func TestRefusedCommitFindsTheCulprit(t *testing.T) {
 			return err
 		})})
 	runUntil(t, c, 40, func() bool {
-		return mustCount(t, pool, pgtest.PendingSQL) == 0
+		return b.count(t, pgtest.PendingSQL) == 0
 	})
-	if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != 4 {
+	if got := b.effects(t); got != 4 {
 		t.Fatalf("effects = %d, want the 4 innocent messages", got)
 	}
-	if got := mustCount(t, pool, `SELECT count(*) FROM postbox.dead_letters WHERE last_error LIKE '%commit refused%'`); got != 1 {
+	if got := b.count(t, `SELECT count(*) FROM postbox.dead_letters WHERE last_error LIKE '%commit refused%'`); got != 1 {
 		t.Fatalf("dead letters blaming the commit = %d, want 1", got)
 	}
 }
@@ -94,8 +89,8 @@ func TestHandlerLeavingConnectionUnusableIsBlamed(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			pool := setup(t, 3, 3, quickRetry)
-			c := newConsumer(t, pool, inbox.Config{Subscriber: "work", BatchSize: 10, NoListen: true, HandlerTimeout: tc.timeout,
+			b := setup(t, 3, 3, quickRetry)
+			c := b.consumer(t, inbox.Config{BatchSize: 10, NoListen: true, HandlerTimeout: tc.timeout,
 				Handler: inbox.HandlerFunc(func(ctx context.Context, tx pgx.Tx, d *inbox.Delivery) error {
 					if payloadN(d) == 1 {
 						return tc.handle(ctx, tx)
@@ -104,12 +99,12 @@ func TestHandlerLeavingConnectionUnusableIsBlamed(t *testing.T) {
 					return err
 				})})
 			runUntil(t, c, 30, func() bool {
-				return mustCount(t, pool, pgtest.PendingSQL) == 0
+				return b.count(t, pgtest.PendingSQL) == 0
 			})
-			if got := mustCount(t, pool, `SELECT count(*) FROM postbox.dead_letters WHERE attempts = 2`); got != 1 {
+			if got := b.count(t, `SELECT count(*) FROM postbox.dead_letters WHERE attempts = 2`); got != 1 {
 				t.Fatalf("dead after 2 attempts = %d, want 1", got)
 			}
-			if got := mustCount(t, pool, `SELECT count(*) FROM effects`); got != 2 {
+			if got := b.effects(t); got != 2 {
 				t.Fatalf("effects = %d, want 2", got)
 			}
 		})
@@ -122,8 +117,8 @@ func TestHandlerLeavingConnectionUnusableIsBlamed(t *testing.T) {
 func TestReplayedLetterWaitsBehindItsKey(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := setup(t, 3, 1, dispatcher.Options{}) // n = 0, 1, 2, all of one key
-	kill := newConsumer(t, pool, inbox.Config{Subscriber: "work", BatchSize: 1, NoListen: true,
+	b := setup(t, 3, 1, dispatcher.Options{}) // n = 0, 1, 2, all of one key
+	kill := b.consumer(t, inbox.Config{BatchSize: 1, NoListen: true,
 		Handler: inbox.HandlerFunc(func(context.Context, pgx.Tx, *inbox.Delivery) error {
 			return postbox.Permanent(errors.New("bad"))
 		})})
@@ -137,26 +132,26 @@ func TestReplayedLetterWaitsBehindItsKey(t *testing.T) {
 		<-release
 		return nil
 	})
-	a := newConsumer(t, pool, inbox.Config{Subscriber: "work", BatchSize: 1, NoListen: true, Handler: h})
-	b := newConsumer(t, pool, inbox.Config{Subscriber: "work", BatchSize: 1, NoListen: true, Handler: h})
-	doneA := make(chan struct{})
-	go func() { defer close(doneA); a.RunOnce(ctx) }()
+	first := b.consumer(t, inbox.Config{BatchSize: 1, NoListen: true, Handler: h})
+	second := b.consumer(t, inbox.Config{BatchSize: 1, NoListen: true, Handler: h})
+	doneFirst := make(chan struct{})
+	go func() { defer close(doneFirst); first.RunOnce(ctx) }()
 	if n := <-entered; n != 1 {
 		close(release)
 		t.Fatalf("first handled n = %d, want 1", n)
 	}
-	if got := mustCount(t, pool, `SELECT postbox.replay_dead_letters('work')`); got != 1 {
+	if got := b.count(t, `SELECT postbox.replay_dead_letters('work')`); got != 1 {
 		close(release)
 		t.Fatalf("replayed %d, want 1", got)
 	}
-	doneB := make(chan struct{})
-	go func() { defer close(doneB); b.RunOnce(ctx) }()
+	doneSecond := make(chan struct{})
+	go func() { defer close(doneSecond); second.RunOnce(ctx) }()
 	select {
 	case n := <-entered:
 		close(release)
 		t.Fatalf("n = %d entered while n = 1 of the same key was in flight", n)
-	case <-doneB:
+	case <-doneSecond:
 	}
 	close(release)
-	<-doneA
+	<-doneFirst
 }
