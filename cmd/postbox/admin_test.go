@@ -205,10 +205,12 @@ func TestAdminDeadLettersPage(t *testing.T) {
 		"since=1h&type=late":          1,
 		"until=2000-01-01":            0,
 	} {
-		res := b.get(t, "/dead-letters?"+query)
-		if n := len(links.FindAllString(res.body, -1)); res.code != 200 || n != want {
-			t.Errorf("?%s: %d, %d letters, want %d", query, res.code, n, want)
-		}
+		t.Run(query, func(t *testing.T) {
+			res := b.get(t, "/dead-letters?"+query)
+			if n := len(links.FindAllString(res.body, -1)); res.code != 200 || n != want {
+				t.Errorf("?%s: %d, %d letters, want %d", query, res.code, n, want)
+			}
+		})
 	}
 	if res := b.get(t, "/dead-letters?since=yesterday"); res.code != 400 || !strings.Contains(res.body, "since") {
 		t.Errorf("a bad time: %d\n%s", res.code, res.body)
@@ -239,10 +241,12 @@ func TestAdminReplayAndPurge(t *testing.T) {
 		"same-site other port": {"Sec-Fetch-Site": "same-site", "Origin": "http://127.0.0.1:1"},
 		"no fetch metadata":    {"Sec-Fetch-Site": "", "Origin": "http://evil.example"},
 	} {
-		res := b.post(t, "/replay", url.Values{"subscriber": {"billing"}, "id": {one.String()}}, h)
-		if res.code != 403 || gone(one) {
-			t.Errorf("%s POST: %d, replayed %v; want 403 and nothing replayed", name, res.code, gone(one))
-		}
+		t.Run(name, func(t *testing.T) {
+			res := b.post(t, "/replay", url.Values{"subscriber": {"billing"}, "id": {one.String()}}, h)
+			if res.code != 403 || gone(one) {
+				t.Errorf("%s POST: %d, replayed %v; want 403 and nothing replayed", name, res.code, gone(one))
+			}
+		})
 	}
 	// The page's own form replays, and says how many.
 	res := b.post(t, "/replay", url.Values{"subscriber": {"billing"}, "id": {one.String()}}, nil)
@@ -327,9 +331,11 @@ func TestAdminAuthAndHosts(t *testing.T) {
 		// With authentication, any host name may be used (a proxy's).
 		"other host, authenticated": {func(r *http.Request) { r.Host = "admin.example"; r.SetBasicAuth("ops", "pa55") }, 200},
 	} {
-		if got := req(tc.mod); got != tc.want {
-			t.Errorf("%s: %d, want %d", name, got, tc.want)
-		}
+		t.Run(name, func(t *testing.T) {
+			if got := req(tc.mod); got != tc.want {
+				t.Errorf("%s: %d, want %d", name, got, tc.want)
+			}
+		})
 	}
 	if res := b.get(t, "/"); res.header.Get("WWW-Authenticate") == "" {
 		t.Error("401 without a WWW-Authenticate challenge")
@@ -339,11 +345,13 @@ func TestAdminAuthAndHosts(t *testing.T) {
 	// whose DNS name was rebound to 127.0.0.1 gets nothing.
 	open := setupAdmin(t, adminConfig{})
 	for host, want := range map[string]int{"evil.example": 421, "localhost": 200, "127.0.0.1": 200, "[::1]": 200} {
-		r, _ := http.NewRequest("GET", open.srv.URL+"/", nil)
-		r.Host = host + ":" + strings.Split(open.srv.Listener.Addr().String(), ":")[1]
-		if got := open.do(t, r).code; got != want {
-			t.Errorf("Host %s: %d, want %d", host, got, want)
-		}
+		t.Run(host, func(t *testing.T) {
+			r, _ := http.NewRequest("GET", open.srv.URL+"/", nil)
+			r.Host = host + ":" + strings.Split(open.srv.Listener.Addr().String(), ":")[1]
+			if got := open.do(t, r).code; got != want {
+				t.Errorf("Host %s: %d, want %d", host, got, want)
+			}
+		})
 	}
 }
 
@@ -363,11 +371,13 @@ func TestAdminAddressNeedsAuthentication(t *testing.T) {
 		{"0.0.0.0:8080", map[string]string{envAdminPassword: "p"}, true},
 		{"0.0.0.0:8080", map[string]string{envAdminUser: "u"}, false}, // a user alone is no password
 	} {
-		c := newCLI(io.Discard, io.Discard, func(k string) string { return tc.env[k] })
-		_, err := c.adminAuth(tc.addr)
-		if (err == nil) != tc.ok {
-			t.Errorf("%s with %v: %v", tc.addr, tc.env, err)
-		}
+		t.Run(fmt.Sprint(tc.addr, " ", tc.env), func(t *testing.T) {
+			c := newCLI(io.Discard, io.Discard, func(k string) string { return tc.env[k] })
+			_, err := c.adminAuth(tc.addr)
+			if (err == nil) != tc.ok {
+				t.Errorf("%s with %v: %v", tc.addr, tc.env, err)
+			}
+		})
 	}
 	db := []string{"POSTBOX_DATABASE_URL=postgres://postgres@127.0.0.1:1/none"}
 	for _, args := range [][]string{

@@ -12,8 +12,9 @@ import (
 
 // bench hands everything after "bench" to package bench, which parses its
 // own flags and prints its own usage. The database precedence of the other
-// commands holds here too: without --database-url, POSTBOX_DATABASE_URL is
-// passed on as the flag (bench itself falls back to DATABASE_URL).
+// commands holds here too: without --database-url, POSTBOX_DATABASE_URL,
+// else DATABASE_URL, is passed on as the flag, read through c.getenv as
+// every command reads its environment.
 func (c *cli) bench(ctx context.Context, args []string) error {
 	if len(args) == 0 {
 		return &usageError{msg: "bench: name a workload", usage: func(w io.Writer) {
@@ -27,7 +28,11 @@ func (c *cli) bench(ctx context.Context, args []string) error {
 	}
 	// Every password in sight is registered already (cli.run); what bench
 	// prints to stdout passes through a redactor with the same secrets.
-	if url := c.getenv("POSTBOX_DATABASE_URL"); !hasURL && url != "" && len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+	url := c.getenv("POSTBOX_DATABASE_URL")
+	if url == "" {
+		url = c.getenv("DATABASE_URL")
+	}
+	if !hasURL && url != "" && len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		args = append([]string{args[0], "--database-url=" + url}, args[1:]...)
 	}
 	err := bench.Run(ctx, args, c.stderr.To(c.stdout), c.stderr)

@@ -308,36 +308,42 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 		name string
 		pool *pgxpool.Pool
 	}{{"producer", producer}, {"relay", relayer}, {"consumer", consumer}} {
-		_, err := dlq.Replay(ctx, who.pool, dlqFilter)
-		refused(t, who.name+" replays", err)
-		_, err = dlq.Purge(ctx, who.pool, dlqFilter)
-		refused(t, who.name+" purges", err)
-		_, err = dlq.List(ctx, who.pool, dlqFilter)
-		refused(t, who.name+" reads dead letters", err)
-		refused(t, who.name+" declares a queue", dispatcher.DeclareQueue(ctx, who.pool, "sneaky", dispatcher.Options{}))
-		_, err = who.pool.Exec(ctx, "TRUNCATE postbox.dead_letters")
-		refused(t, who.name+" truncates dead letters", err)
+		t.Run(who.name+" operates", func(t *testing.T) {
+			_, err := dlq.Replay(ctx, who.pool, dlqFilter)
+			refused(t, who.name+" replays", err)
+			_, err = dlq.Purge(ctx, who.pool, dlqFilter)
+			refused(t, who.name+" purges", err)
+			_, err = dlq.List(ctx, who.pool, dlqFilter)
+			refused(t, who.name+" reads dead letters", err)
+			refused(t, who.name+" declares a queue", dispatcher.DeclareQueue(ctx, who.pool, "sneaky", dispatcher.Options{}))
+			_, err = who.pool.Exec(ctx, "TRUNCATE postbox.dead_letters")
+			refused(t, who.name+" truncates dead letters", err)
+		})
 	}
 	for _, who := range []struct {
 		name string
 		pool *pgxpool.Pool
 	}{{"producer", producer}, {"consumer", consumer}, {"operator", operator}} {
-		r, err := relay.New(who.pool, relay.Config{})
-		must(t, "relay", err)
-		_, err = r.RunOnce(ctx)
-		refused(t, who.name+" relays", err)
-		_, err = who.pool.Exec(ctx, "TRUNCATE postbox.inbox_0")
-		refused(t, who.name+" truncates a stream slot", err)
+		t.Run(who.name+" relays", func(t *testing.T) {
+			r, err := relay.New(who.pool, relay.Config{})
+			must(t, "relay", err)
+			_, err = r.RunOnce(ctx)
+			refused(t, who.name+" relays", err)
+			_, err = who.pool.Exec(ctx, "TRUNCATE postbox.inbox_0")
+			refused(t, who.name+" truncates a stream slot", err)
+		})
 	}
 	for _, who := range []struct {
 		name string
 		pool *pgxpool.Pool
 	}{{"producer", producer}, {"relay", relayer}, {"operator", operator}} {
-		c, err := inbox.NewConsumer(who.pool, inbox.Config{Subscriber: "audit", NoListen: true,
-			Handler: inbox.HandlerFunc(func(context.Context, pgx.Tx, *inbox.Delivery) error { return nil })})
-		must(t, "consumer", err)
-		_, err = c.RunOnce(ctx)
-		refused(t, who.name+" consumes", err)
+		t.Run(who.name+" consumes", func(t *testing.T) {
+			c, err := inbox.NewConsumer(who.pool, inbox.Config{Subscriber: "audit", NoListen: true,
+				Handler: inbox.HandlerFunc(func(context.Context, pgx.Tx, *inbox.Delivery) error { return nil })})
+			must(t, "consumer", err)
+			_, err = c.RunOnce(ctx)
+			refused(t, who.name+" consumes", err)
+		})
 	}
 	refused(t, "consumer publishes", outbox.Publish(ctx, consumer, &postbox.Message{Topic: "orders.created", Payload: []byte(`{}`)}))
 	for _, sql := range []string{
@@ -378,14 +384,16 @@ func TestOperatorCommandsHelp(t *testing.T) {
 		{[]string{"stats", "--help"}, []string{"--cap", "estimated"}},
 		{[]string{"--help"}, []string{"admin", "doctor", "grants"}},
 	} {
-		res := run(t, nil, tc.args...)
-		if res.code != 0 || res.stderr != "" {
-			t.Errorf("postbox %s: exit %d, stderr %q", strings.Join(tc.args, " "), res.code, res.stderr)
-		}
-		for _, w := range tc.want {
-			if !strings.Contains(res.stdout, w) {
-				t.Errorf("postbox %s lacks %q", strings.Join(tc.args, " "), w)
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			res := run(t, nil, tc.args...)
+			if res.code != 0 || res.stderr != "" {
+				t.Errorf("postbox %s: exit %d, stderr %q", strings.Join(tc.args, " "), res.code, res.stderr)
 			}
-		}
+			for _, w := range tc.want {
+				if !strings.Contains(res.stdout, w) {
+					t.Errorf("postbox %s lacks %q", strings.Join(tc.args, " "), w)
+				}
+			}
+		})
 	}
 }

@@ -112,7 +112,7 @@ func TestRelayServesHealthReadinessAndMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	p := start(t, url, "relay", "--http", "127.0.0.1:0", "--log-format", "json", "--poll-interval", "10ms")
+	p := startBinary(t, url, "relay", "--http", "127.0.0.1:0", "--log-format", "json", "--poll-interval", "10ms")
 	addr := p.waitLog(t, "http listening", "addr")
 	base := "http://" + addr
 
@@ -140,9 +140,11 @@ func TestRelayServesHealthReadinessAndMetrics(t *testing.T) {
 		`postbox_dead_letters{subscriber="payments"}`:               1,
 		"postbox_relay_quarantined_total":                           0,
 	} {
-		if got := metric(body, series); got != want {
-			t.Errorf("%s = %v, want %v", series, got, want)
-		}
+		t.Run(series, func(t *testing.T) {
+			if got := metric(body, series); got != want {
+				t.Errorf("%s = %v, want %v", series, got, want)
+			}
+		})
 	}
 	if got := metric(body, "postbox_relay_batches_total"); got < 1 {
 		t.Errorf("postbox_relay_batches_total = %v, want at least 1", got)
@@ -231,7 +233,7 @@ func TestRelaySIGTERMUnderLoadLosesAndDuplicatesNothing(t *testing.T) {
 	subscribe(t, pool, "order.created", "billing", "shipping")
 	publish(t, pool, "order.created", n)
 
-	p := start(t, url, "relay", "--batch-size", "500", "--log-format", "json", "--janitor-interval", "0")
+	p := startBinary(t, url, "relay", "--batch-size", "500", "--log-format", "json", "--janitor-interval", "0")
 	// Stop it in full stride: batches follow each other without pause
 	// while the backlog lasts, so SIGTERM almost surely lands mid-batch.
 	pgtest.WaitFor(t, ctx, 30*time.Second, "the relay to move 10,000 messages", func() bool {

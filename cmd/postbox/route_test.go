@@ -77,10 +77,12 @@ func TestRouteCommands(t *testing.T) {
 		{[]string{"route", "replay"}, 2, "--router is required"},
 		{[]string{"route", "replay", "--router", "r", "--id", "nope"}, 2, "not a message ID"},
 	} {
-		res := run(t, db, tc.args...)
-		if res.code != tc.code || !strings.Contains(res.stderr, tc.want) {
-			t.Errorf("postbox %s: exit %d, stderr %q; want %d and %q", strings.Join(tc.args, " "), res.code, res.stderr, tc.code, tc.want)
-		}
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			res := run(t, db, tc.args...)
+			if res.code != tc.code || !strings.Contains(res.stderr, tc.want) {
+				t.Errorf("postbox %s: exit %d, stderr %q; want %d and %q", strings.Join(tc.args, " "), res.code, res.stderr, tc.code, tc.want)
+			}
+		})
 	}
 	for _, args := range [][]string{{"route", "--help"}, {"route", "add", "--help"}, {"route", "list", "--help"},
 		{"route", "remove", "--help"}, {"route", "replay", "--help"}} {

@@ -20,12 +20,14 @@ func TestParseMixesFlagsAndArguments(t *testing.T) {
 		{[]string{"a", "--", "--n", "b"}, []string{"a", "--n", "b"}, 0},
 		{nil, nil, 0},
 	} {
-		f := newFlags("x", "x", "")
-		n := f.Int("n", 0, "")
-		pos, err := f.parse(&bytes.Buffer{}, tc.args)
-		if err != nil || !slices.Equal(pos, tc.pos) || *n != tc.n {
-			t.Errorf("parse(%q) = %q, n=%d, %v; want %q, n=%d", tc.args, pos, *n, err, tc.pos, tc.n)
-		}
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			f := newFlags("x", "x", "")
+			n := f.Int("n", 0, "")
+			pos, err := f.parse(&bytes.Buffer{}, tc.args)
+			if err != nil || !slices.Equal(pos, tc.pos) || *n != tc.n {
+				t.Errorf("parse(%q) = %q, n=%d, %v; want %q, n=%d", tc.args, pos, *n, err, tc.pos, tc.n)
+			}
+		})
 	}
 }
 
@@ -38,9 +40,11 @@ func TestParseTime(t *testing.T) {
 		"2026-02-28T10:00:00Z": time.Date(2026, 2, 28, 10, 0, 0, 0, time.UTC),
 		"2026-02-28":           time.Date(2026, 2, 28, 0, 0, 0, 0, time.UTC),
 	} {
-		if got, err := parseTime(in, now); err != nil || !got.Equal(want) {
-			t.Errorf("parseTime(%q) = %v, %v; want %v", in, got, err, want)
-		}
+		t.Run(in, func(t *testing.T) {
+			if got, err := parseTime(in, now); err != nil || !got.Equal(want) {
+				t.Errorf("parseTime(%q) = %v, %v; want %v", in, got, err, want)
+			}
+		})
 	}
 	for _, bad := range []string{"", "yesterday", "-1h", "2026-13-01"} {
 		if _, err := parseTime(bad, now); err == nil {

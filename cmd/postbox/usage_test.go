@@ -46,20 +46,22 @@ func TestUsageMistakesExit2(t *testing.T) {
 		{[]string{"queue", "declare", "Orders!"}, db, "postbox: invalid NAME"},
 		{[]string{"bench"}, db, "name a workload"},
 	} {
-		res := run(t, tc.env, tc.args...)
-		if res.code != 2 {
-			t.Errorf("postbox %s: exit %d, want 2\nstderr: %s", strings.Join(tc.args, " "), res.code, res.stderr)
-			continue
-		}
-		if !strings.Contains(res.stderr, tc.want) || !strings.Contains(res.stderr, "usage: postbox") {
-			t.Errorf("postbox %s: stderr lacks %q or a usage message:\n%s", strings.Join(tc.args, " "), tc.want, res.stderr)
-		}
-		if first, _, _ := strings.Cut(res.stderr, "\n"); !strings.HasPrefix(first, "postbox: ") || strings.Count(first, "postbox:") != 1 {
-			t.Errorf("postbox %s: first line %q, want one \"postbox: \" prefix", strings.Join(tc.args, " "), first)
-		}
-		if res.stdout != "" {
-			t.Errorf("postbox %s: wrote to stdout: %s", strings.Join(tc.args, " "), res.stdout)
-		}
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			res := run(t, tc.env, tc.args...)
+			if res.code != 2 {
+				t.Errorf("postbox %s: exit %d, want 2\nstderr: %s", strings.Join(tc.args, " "), res.code, res.stderr)
+				return
+			}
+			if !strings.Contains(res.stderr, tc.want) || !strings.Contains(res.stderr, "usage: postbox") {
+				t.Errorf("postbox %s: stderr lacks %q or a usage message:\n%s", strings.Join(tc.args, " "), tc.want, res.stderr)
+			}
+			if first, _, _ := strings.Cut(res.stderr, "\n"); !strings.HasPrefix(first, "postbox: ") || strings.Count(first, "postbox:") != 1 {
+				t.Errorf("postbox %s: first line %q, want one \"postbox: \" prefix", strings.Join(tc.args, " "), first)
+			}
+			if res.stdout != "" {
+				t.Errorf("postbox %s: wrote to stdout: %s", strings.Join(tc.args, " "), res.stdout)
+			}
+		})
 	}
 }
 
@@ -87,11 +89,13 @@ func TestHelpExits0(t *testing.T) {
 		{[]string{"subscribe", "--help"}, "--filter"},
 		{[]string{"unsubscribe", "--help"}, "--topic"},
 	} {
-		res := run(t, nil, tc.args...)
-		if res.code != 0 || !strings.Contains(res.stdout, tc.want) || res.stderr != "" {
-			t.Errorf("postbox %s: exit %d, want 0 with %q on stdout and nothing on stderr\nstdout: %s\nstderr: %s",
-				strings.Join(tc.args, " "), res.code, tc.want, res.stdout, res.stderr)
-		}
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			res := run(t, nil, tc.args...)
+			if res.code != 0 || !strings.Contains(res.stdout, tc.want) || res.stderr != "" {
+				t.Errorf("postbox %s: exit %d, want 0 with %q on stdout and nothing on stderr\nstdout: %s\nstderr: %s",
+					strings.Join(tc.args, " "), res.code, tc.want, res.stdout, res.stderr)
+			}
+		})
 	}
 }
 
@@ -117,15 +121,17 @@ func TestPasswordsAreNeverPrinted(t *testing.T) {
 		{"keyword form", nil, []string{"dlq", "list", "--database-url", "host=127.0.0.1 port=1 user=postgres password=" + secret}},
 		{"from the environment", []string{"DATABASE_URL=postgres://u:" + secret + "@127.0.0.1:1/x?connect_timeout=nope"}, []string{"relay"}},
 	} {
-		res := run(t, tc.env, tc.args...)
-		if res.code != 1 {
-			t.Errorf("%s: exit %d, want 1\nstderr: %s", tc.name, res.code, res.stderr)
-		}
-		if strings.Contains(res.stderr+res.stdout, secret) {
-			t.Errorf("%s: the password was printed:\n%s", tc.name, res.stderr)
-		}
-		if !strings.Contains(res.stderr, "postbox: ") {
-			t.Errorf("%s: no error message:\n%s", tc.name, res.stderr)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			res := run(t, tc.env, tc.args...)
+			if res.code != 1 {
+				t.Errorf("%s: exit %d, want 1\nstderr: %s", tc.name, res.code, res.stderr)
+			}
+			if strings.Contains(res.stderr+res.stdout, secret) {
+				t.Errorf("%s: the password was printed:\n%s", tc.name, res.stderr)
+			}
+			if !strings.Contains(res.stderr, "postbox: ") {
+				t.Errorf("%s: no error message:\n%s", tc.name, res.stderr)
+			}
+		})
 	}
 }
