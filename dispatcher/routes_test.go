@@ -15,7 +15,6 @@ import (
 	"github.com/postbox-dev/postbox/dlq"
 	"github.com/postbox-dev/postbox/internal/pgtest"
 	"github.com/postbox-dev/postbox/outbox"
-	"github.com/postbox-dev/postbox/relay"
 )
 
 // routed returns where the relay put message id: the subscriber of its
@@ -31,19 +30,6 @@ func routed(t *testing.T, pool *pgxpool.Pool, id uuid.UUID) string {
 		t.Fatal(err)
 	}
 	return where
-}
-
-func drainRelay(t *testing.T, pool *pgxpool.Pool) relay.Result {
-	t.Helper()
-	r, err := relay.New(pool, relay.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := r.Drain(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res
 }
 
 // The rules of one router, as the relay applies them: by type, by a JSON
@@ -99,7 +85,7 @@ func TestRoutesInTheRelay(t *testing.T) {
 		}
 		ids[i] = msg.ID
 	}
-	res := drainRelay(t, pool)
+	res := pgtest.Drain(t, ctx, pool)
 	if res.NoRoute != 3 || res.Delivered != 6 {
 		t.Errorf("relay: %+v, want 6 delivered and 3 no-route", res)
 	}
@@ -120,7 +106,7 @@ func TestRoutesInTheRelay(t *testing.T) {
 	if err != nil || n != 3 {
 		t.Fatalf("Reroute = %d, %v; want 3", n, err)
 	}
-	if res := drainRelay(t, pool); res.Claimed != 3 || res.Delivered != 1 || res.NoRoute != 2 {
+	if res := pgtest.Drain(t, ctx, pool); res.Claimed != 3 || res.Delivered != 1 || res.NoRoute != 2 {
 		t.Errorf("relay after Reroute: %+v, want 3 moved, 1 delivered, 2 no-route", res)
 	}
 	if got := routed(t, pool, ids[2]); got != "orders-fr" {
@@ -293,7 +279,7 @@ func TestRouterNameAndReplay(t *testing.T) {
 	if err := outbox.Send(ctx, pool, msg); err != nil {
 		t.Fatal(err)
 	}
-	if res := drainRelay(t, pool); res.NoRoute != 1 {
+	if res := pgtest.Drain(t, ctx, pool); res.NoRoute != 1 {
 		t.Fatalf("relay: %+v, want the send to the undeclared queue dead", res)
 	}
 	if err := dispatcher.DeclareQueue(ctx, pool, "work", dispatcher.Options{}); err != nil {
@@ -302,7 +288,7 @@ func TestRouterNameAndReplay(t *testing.T) {
 	if n, err := dlq.Replay(ctx, pool, dlq.Filter{Subscriber: "front"}); err != nil || n != 1 {
 		t.Fatalf("dlq.Replay = %d, %v; want 1", n, err)
 	}
-	if res := drainRelay(t, pool); res.Delivered != 1 {
+	if res := pgtest.Drain(t, ctx, pool); res.Delivered != 1 {
 		t.Errorf("relay after the replay: %+v, want 1 delivered", res)
 	}
 	if got := routed(t, pool, msg.ID); got != "work" {

@@ -92,15 +92,7 @@ func newConsumer(t *testing.T, pool *pgxpool.Pool, cfg inbox.Config) *inbox.Cons
 // drain relays everything in the outbox.
 func (b *bundle) drain(t *testing.T) relay.Result {
 	t.Helper()
-	r, err := relay.New(b.pool, relay.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := r.Drain(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res
+	return pgtest.Drain(t, context.Background(), b.pool)
 }
 
 // exec runs sql.

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/postbox-dev/postbox/dispatcher"
+	"github.com/postbox-dev/postbox/internal/pgtest"
 	"github.com/postbox-dev/postbox/relay"
 )
 
@@ -42,15 +43,7 @@ func newPool(t *testing.T, url string, maxConns int32, appName string) *pgxpool.
 // drain runs one relay over pool until the outbox has nothing it can claim.
 func drain(t *testing.T, ctx context.Context, pool *pgxpool.Pool) relay.Result {
 	t.Helper()
-	r, err := relay.New(pool, relay.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := r.Drain(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res
+	return pgtest.Drain(t, ctx, pool)
 }
 
 func subscribe(t *testing.T, ctx context.Context, pool *pgxpool.Pool, subscriber, topic, filter string) {

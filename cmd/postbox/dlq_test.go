@@ -35,17 +35,6 @@ func send(t *testing.T, pool *pgxpool.Pool, queue string, n int) []uuid.UUID {
 	return ids
 }
 
-func drain(t *testing.T, pool *pgxpool.Pool) {
-	t.Helper()
-	r, err := relay.New(pool, relay.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Drain(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func dead(t *testing.T, pool *pgxpool.Pool, subscriber string) int {
 	t.Helper()
 	return pgtest.Count(t, context.Background(), pool, "SELECT count(*) FROM postbox.dead_letters WHERE subscriber = $1", subscriber)
@@ -60,7 +49,7 @@ func TestDLQReplayHandsLettersBackToConsumers(t *testing.T) {
 	// Sends to queues nobody declared become no-route dead letters.
 	payments := send(t, pool, "payments", 20)
 	refunds := send(t, pool, "refunds", 5)
-	drain(t, pool)
+	pgtest.Drain(t, ctx, pool)
 	if d := dead(t, pool, "payments"); d != 20 {
 		t.Fatalf("%d dead payments letters, want 20", d)
 	}
@@ -211,7 +200,7 @@ func TestDLQDryRunsAndTheRelaysQuarantine(t *testing.T) {
 		}
 		ids = append(ids, msg.ID)
 	}
-	drain(t, pool)
+	pgtest.Drain(t, ctx, pool)
 	if d := dead(t, pool, "orders"); d != 2 {
 		t.Fatalf("%d dead orders letters, want 2 no-route", d)
 	}

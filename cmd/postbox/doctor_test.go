@@ -192,7 +192,7 @@ func TestDoctorFindsProblems(t *testing.T) {
 		{"no-route", []string{`"payments"`, "postbox queue declare payments"}, nil,
 			func(t *testing.T, ctx context.Context, pool *pgxpool.Pool) {
 				send(t, pool, "payments", 2)
-				drain(t, pool)
+				pgtest.Drain(t, ctx, pool)
 			}},
 		{"quarantine", []string{"quarantined 1 outbox rows"}, nil,
 			func(t *testing.T, ctx context.Context, pool *pgxpool.Pool) {

@@ -46,7 +46,7 @@ func TestRouteCommands(t *testing.T) {
 	if err := outbox.Send(ctx, pool, msg); err != nil {
 		t.Fatal(err)
 	}
-	drain(t, pool)
+	pgtest.Drain(t, ctx, pool)
 	if n := dead(t, pool, "checkout"); n != 1 {
 		t.Fatalf("dead letters of checkout: %d, want 1", n)
 	}
@@ -54,7 +54,7 @@ func TestRouteCommands(t *testing.T) {
 	if out := runOK(t, url, "route", "replay", "--router", "checkout", "--id", msg.ID.String()); !strings.Contains(out, "rerouted 1 dead letters of checkout") {
 		t.Errorf("route replay printed %q", out)
 	}
-	drain(t, pool)
+	pgtest.Drain(t, ctx, pool)
 	if n := pgtest.Count(t, ctx, pool, `SELECT count(*) FROM postbox.inbox WHERE subscriber = 'orders' AND message_id = $1`, msg.ID); n != 1 || dead(t, pool, "checkout") != 0 {
 		t.Errorf("after route replay: %d deliveries to orders, %d dead letters; want 1 and 0", n, dead(t, pool, "checkout"))
 	}

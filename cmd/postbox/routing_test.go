@@ -102,7 +102,7 @@ func TestStats(t *testing.T) {
 		}
 	}
 	send(t, pool, "payments", 3) // no-route dead letters
-	drain(t, pool)
+	pgtest.Drain(t, ctx, pool)
 	publish(t, pool, "order.created", 4) // still in the outbox
 
 	var rep statsReport

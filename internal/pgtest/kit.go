@@ -7,6 +7,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/postbox-dev/postbox/relay"
 )
 
 // Querier is what the helpers need: a pool, a connection or a transaction.
@@ -99,4 +101,19 @@ func Connect(t testing.TB, like *pgxpool.Pool, maxConns int) *pgxpool.Pool {
 	}
 	t.Cleanup(pool.Close)
 	return pool
+}
+
+// Drain runs a relay with the default settings over pool until the outbox
+// has nothing it can claim, and fails t on error.
+func Drain(t testing.TB, ctx context.Context, pool *pgxpool.Pool) relay.Result {
+	t.Helper()
+	r, err := relay.New(pool, relay.Config{})
+	if err != nil {
+		t.Fatalf("pgtest: relay: %v", err)
+	}
+	res, err := r.Drain(ctx)
+	if err != nil {
+		t.Fatalf("pgtest: drain the outbox: %v", err)
+	}
+	return res
 }
