@@ -16,6 +16,13 @@ import (
 // again: at-least-once. Consumers on the other side deduplicate by message
 // ID (inbox.HandleOnce) to make effects exactly-once.
 //
+// A failing batch is handed over again in halves until the message it
+// fails on is alone. Return an error marked postbox.Permanent for a
+// message the broker will never take (too large, refused by policy): alone,
+// it is quarantined at once as a dead letter of "_relay", replayable. Any
+// other error is tried again; a message refused alone five times, over at
+// least five SinkTimeouts, is quarantined too.
+//
 // A batch holds the oldest due messages of one relay partition, in outbox
 // order; the relay holds that partition (a session lock, no transaction)
 // until Deliver returns, so two relays never deliver messages of one key at

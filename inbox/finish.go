@@ -7,20 +7,31 @@ import (
 )
 
 // finishParams turns the batch's outcomes into one postbox.finish_batch
-// call. Per owned partition the cursor moves past the stream deliveries
-// the batch dealt with, which are a prefix of the partition's (handling
-// goes in seq order and stops only as a whole, at the budget); a
-// partition the batch owned but did nothing in keeps its cursor and only
-// counts the batch (its epoch), so a claim read before cannot finish.
+// call. Per owned partition the cursor moves past the prefix of the
+// partition's stream deliveries the batch dealt with, and only past that:
+// a delivery after the first one not reached (the budget or ctx stopped
+// the batch before it was run again, or it was handed back) is not
+// reached either, whatever an earlier pass made of it, so the cursor never
+// passes a delivery nothing was done with. A partition the batch owned but
+// did nothing in keeps its cursor and only counts the batch (its epoch),
+// so a claim read before cannot finish.
 func (b *batch) finishParams() db.FinishBatchParams {
 	p := db.FinishBatchParams{Subscriber: b.c.cfg.Subscriber, ParkOnDead: b.set.parkOnDead, Run: int32(b.c.cfg.BatchSize)}
 	next := make(map[int16]int64, len(b.parts))
 	for part, cur := range b.parts {
 		next[part] = cur.nextSeq
 	}
+	gap := b.gaps()
 	for _, e := range b.entries {
 		if e.out == outNone || b.stopped(e) {
 			continue // not reached, or behind a delivery handed back
+		}
+		if g, ok := gap[e.row.Part]; ok && e.stream() && e.row.Seq > g {
+			// Handled deliveries come before the first gap (handling goes
+			// in seq order and stops as a whole), so what is dropped here
+			// is a failure an earlier pass kept, or a delivery it blocked:
+			// nothing of theirs commits, and they are claimed again.
+			continue
 		}
 		id := e.row.MessageID
 		if e.stream() {
@@ -65,6 +76,24 @@ func (b *batch) finishParams() db.FinishBatchParams {
 		p.Epochs = append(p.Epochs, cur.epoch)
 	}
 	return p
+}
+
+// gaps returns, per partition, the seq of its first stream delivery the
+// batch did not reach (or handed back).
+func (b *batch) gaps() map[int16]int64 {
+	var gap map[int16]int64
+	for _, e := range b.entries {
+		if !e.stream() || (e.out != outNone && !b.stopped(e)) {
+			continue
+		}
+		if gap == nil {
+			gap = make(map[int16]int64)
+		}
+		if g, ok := gap[e.row.Part]; !ok || e.row.Seq < g {
+			gap[e.row.Part] = e.row.Seq
+		}
+	}
+	return gap
 }
 
 // park adds a stream delivery that must wait to p.

@@ -112,8 +112,8 @@ func TestHandlerLeavingConnectionUnusableIsBlamed(t *testing.T) {
 }
 
 // A replayed dead letter never runs beside a message of its key that is in
-// flight: while one consumer handles a later message of the key, another
-// claims nothing.
+// flight: the replay waits for the batch that holds the key's partition,
+// and meanwhile another consumer claims nothing of the key.
 func TestReplayedLetterWaitsBehindItsKey(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -140,10 +140,18 @@ func TestReplayedLetterWaitsBehindItsKey(t *testing.T) {
 		close(release)
 		t.Fatalf("first handled n = %d, want 1", n)
 	}
-	if got := b.count(t, `SELECT postbox.replay_dead_letters('work')`); got != 1 {
-		close(release)
-		t.Fatalf("replayed %d, want 1", got)
-	}
+	replayed := make(chan int, 1)
+	go func() {
+		n, err := count(ctx, b.pool, `SELECT postbox.replay_dead_letters('work')`)
+		if err != nil {
+			t.Error(err)
+		}
+		replayed <- n
+	}()
+	pgtest.WaitFor(t, ctx, 10*time.Second, "the replay waiting for the batch's partition", func() bool {
+		return b.count(t, `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND query LIKE '%replay_dead_letters%'`) == 1
+	})
 	doneSecond := make(chan struct{})
 	go func() { defer close(doneSecond); second.RunOnce(ctx) }()
 	select {
@@ -154,4 +162,7 @@ func TestReplayedLetterWaitsBehindItsKey(t *testing.T) {
 	}
 	close(release)
 	<-doneFirst
+	if n := <-replayed; n != 1 {
+		t.Fatalf("replayed %d, want 1", n)
+	}
 }

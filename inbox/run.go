@@ -192,12 +192,15 @@ func (w *worker) commitFailed(b *batch, err error, lost func(error) error) error
 			attempted = append(attempted, e)
 		}
 	}
-	if len(attempted) == 1 {
+	if len(attempted) == 1 && first(b, attempted[0]) {
 		e := attempted[0]
 		e.out, e.fail = outFailed, b.classify(e, fmt.Errorf("commit refused: %w", pgErr))
 		w.recordAlone(b, e)
 		return err
 	}
+	// Several handled, or the one handled has an earlier delivery of its
+	// partition in the batch that the refused commit did not record (a
+	// park, a failure): its cursor cannot move past it alone.
 	w.isolated = len(b.entries)
 	return err
 }

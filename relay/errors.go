@@ -27,3 +27,10 @@ func transient(err error) bool {
 	}
 	return false
 }
+
+// statementTimeout reports whether err is a statement cancelled by
+// statement_timeout (57014).
+func statementTimeout(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "57014"
+}

@@ -543,3 +543,44 @@ func TestRefusedSinkMessageIsResentBoundedTimes(t *testing.T) {
 		t.Fatalf("quarantined %d (%v), want 1", n, err)
 	}
 }
+
+// A message the sink refuses as permanent (postbox.Permanent) is
+// quarantined as soon as it is alone, without the repeated tries a
+// refusal that may pass gets.
+func TestPermanentSinkRefusalQuarantinesAtOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.Pool(t, 4)
+	msgs := make([]*postbox.Message, 4)
+	for i := range msgs {
+		msgs[i] = &postbox.Message{Topic: "t", Key: "one-key", Payload: []byte(fmt.Sprint(i))}
+	}
+	if err := outbox.PublishBatch(ctx, pool, msgs); err != nil {
+		t.Fatal(err)
+	}
+	var alone atomic.Int64
+	sink := dispatcher.SinkFunc(func(ctx context.Context, b []dispatcher.Envelope) error {
+		for _, e := range b {
+			if string(e.Payload) == "0" {
+				if len(b) == 1 {
+					alone.Add(1)
+				}
+				return postbox.Permanent(errors.New("too large for the broker"))
+			}
+		}
+		return nil
+	})
+	r, err := relay.New(pool, relay.Config{Sink: sink})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		_, _ = r.RunOnce(ctx)
+	}
+	if got := alone.Load(); got != 1 {
+		t.Fatalf("handed over alone %d times, want once", got)
+	}
+	if n, err := dlq.Count(ctx, pool, dlq.Filter{Subscriber: dlq.Relay}); err != nil || n != 1 {
+		t.Fatalf("quarantined %d (%v), want 1", n, err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/postbox-dev/postbox/dispatcher"
@@ -155,6 +156,10 @@ type Relay struct {
 	idle    bool      // the last batch moved nothing
 	sweepAt time.Time // next batch that ignores the marks
 	sink    sinkState
+	// slow counts the consecutive statement timeouts of the row slowID
+	// probed alone: only repeated ones quarantine it.
+	slowID int64
+	slow   int
 
 	lastOK    atomic.Int64 // unix nanos of the last statement that succeeded
 	lastMoved atomic.Int64 // unix nanos of the last batch that moved messages
@@ -292,6 +297,13 @@ func (r *Relay) batch(ctx context.Context) (Result, error) {
 // row the batch holds: the next batch is half the size, and a batch of one
 // that still fails quarantines its row.
 func (r *Relay) failed(ctx context.Context, marks marks, err error) (Result, error) {
+	// Whatever failed, the marks start over (the next statement scans from
+	// each partition's start): a commit the relay took for done may not be
+	// (synchronous_commit off, a failover to a replica that lagged), and a
+	// mark above rows that come back would let later messages of their
+	// keys go first.
+	r.marks = [partitions]int64{}
+	r.horizon = horizon{}
 	if ctx.Err() != nil || transient(err) {
 		return Result{}, err
 	}
@@ -306,12 +318,25 @@ func (r *Relay) failed(ctx context.Context, marks marks, err error) (Result, err
 		return Result{}, err
 	}
 	// The row alone, so that it is this row the error is about.
-	if _, err = q.RelayBatch(ctx, db.RelayBatchParams{BatchSize: 1, MaxBytes: r.cfg.MaxBatchBytes,
-		Marks: marks[:], OnlyID: &id}); err == nil {
+	if err = r.probe(ctx, marks, id); err == nil {
 		return Result{}, nil // it moves now: the cause was not the row
 	}
 	if ctx.Err() != nil || transient(err) {
 		return Result{}, err
+	}
+	if statementTimeout(err) {
+		// Alone, the row ran out of time, and not waiting for a lock (the
+		// probe's lock_timeout would have ended that first): too big or too
+		// slow to move in the time the relay's role gets. Blame it only
+		// when that happens again and again.
+		if r.slowID != id {
+			r.slowID, r.slow = id, 0
+		}
+		if r.slow++; r.slow < slowProbes {
+			r.cfg.Logger.Warn("relay statement timed out on one row alone; trying it again", "outbox_id", id,
+				"times", r.slow, "err", err)
+			return Result{}, err
+		}
 	}
 	moved, qerr := q.QuarantineOutbox(ctx, db.QuarantineOutboxParams{ID: id, Error: pgtext.Clean("relay: "+err.Error(), pgtext.MaxErrorBytes)})
 	if qerr != nil {
@@ -323,7 +348,26 @@ func (r *Relay) failed(ctx context.Context, marks marks, err error) (Result, err
 	r.cfg.Logger.Error("relay quarantined an outbox row it cannot move; it is a dead letter of _relay",
 		"outbox_id", id, "err", err)
 	r.size = r.cfg.BatchSize
+	r.slowID, r.slow = 0, 0
 	return Result{Quarantined: 1}, nil
+}
+
+// slowProbes is how many statement timeouts in a row of one row probed
+// alone make the relay quarantine it.
+const slowProbes = 3
+
+// probe runs the relay statement on the row id alone, in a transaction
+// whose lock waits end before its statement timeout (ProbeLockTimeout).
+func (r *Relay) probe(ctx context.Context, marks marks, id int64) error {
+	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		q := db.New(tx)
+		if err := q.ProbeLockTimeout(ctx); err != nil {
+			return err
+		}
+		_, err := q.RelayBatch(ctx, db.RelayBatchParams{BatchSize: 1, MaxBytes: r.cfg.MaxBatchBytes,
+			Marks: marks[:], OnlyID: &id})
+		return err
+	})
 }
 
 // wake tells the consumers of subscribers that got deliveries, after the

@@ -17,13 +17,17 @@ import (
 // sinkState is where the Sink path is: the next relay partition to try,
 // and the message that failed alone last and how often.
 type sinkState struct {
-	next     int
+	next int
+	// failedID is the message refused alone failures times in a row, the
+	// first time at failedAt.
 	failedID int64
 	failures int
+	failedAt time.Time
 }
 
 // maxSinkAttempts bounds how often one message is handed to a sink that
-// refuses it alone before it is quarantined (a dead letter of "_relay").
+// refuses it alone before it is quarantined (a dead letter of "_relay"),
+// provided that took at least maxSinkAttempts × SinkTimeout.
 const maxSinkAttempts = 5
 
 // sinkOnce hands one batch of one relay partition to the Sink. The
@@ -42,6 +46,7 @@ func (r *Relay) sinkOnce(ctx context.Context) (Result, error) {
 	}
 	defer conn.Release()
 	q := db.New(conn)
+	marks := r.marks.forStatement(&r.sweepAt) // now and then from each partition's start
 	for range partitions {
 		part := r.sink.next
 		r.sink.next = (r.sink.next + 1) % partitions
@@ -53,7 +58,7 @@ func (r *Relay) sinkOnce(ctx context.Context) (Result, error) {
 		if !locked {
 			continue // another relay has it
 		}
-		res, err := r.sinkPartition(ctx, q, part)
+		res, err := r.sinkPartition(ctx, q, part, marks[part])
 		if _, uerr := q.UnlockRelayPartition(context.WithoutCancel(ctx), int32(part)); uerr != nil {
 			// The lock must not outlive this use of the connection.
 			_ = conn.Conn().Close(context.WithoutCancel(ctx))
@@ -73,12 +78,11 @@ func (r *Relay) sinkOnce(ctx context.Context) (Result, error) {
 	return Result{}, nil
 }
 
-func (r *Relay) sinkPartition(ctx context.Context, q *db.Queries, part int) (Result, error) {
+func (r *Relay) sinkPartition(ctx context.Context, q *db.Queries, part int, after int64) (Result, error) {
 	cleared, err := r.horizon.check(ctx, q)
 	if err != nil {
 		return Result{}, fmt.Errorf("relay: sink: horizon: %w", err)
 	}
-	after := r.marks[part]
 	rows, err := q.SinkClaim(ctx, db.SinkClaimParams{Part: int32(part), AfterID: after, BatchSize: int32(r.size)})
 	if err != nil {
 		return Result{}, fmt.Errorf("relay: sink: claim partition %d: %w", part, err)
@@ -104,13 +108,15 @@ func (r *Relay) sinkPartition(ctx context.Context, q *db.Queries, part int) (Res
 		}
 		return r.sinkFailed(ctx, q, rows, err)
 	}
-	r.sink.failures = 0
 	full := len(rows) >= r.size
 	r.size = min(2*r.size, r.cfg.BatchSize)
 	if _, err := q.DeleteOutbox(context.WithoutCancel(ctx), db.DeleteOutboxParams{Slots: slots, Ids: ids}); err != nil {
 		return Result{}, fmt.Errorf("relay: sink: delete %d delivered messages: %w", len(ids), err)
 	}
-	r.marks.advance([]int16{int16(part)}, cleared, full, ids[len(ids)-1])
+	// The claim looked at a window of rows and scheduled the ones not yet
+	// due: what lies past the last row delivered is unseen, so the mark
+	// goes no further (full), whatever the horizon.
+	r.marks.advance([]int16{int16(part)}, cleared, true, ids[len(ids)-1])
 	res := Result{Claimed: len(rows), Delivered: len(rows), More: full}
 	if r.cfg.OnBatch != nil {
 		var tps []string
@@ -125,9 +131,12 @@ func (r *Relay) sinkPartition(ctx context.Context, q *db.Queries, part int) (Res
 }
 
 // sinkFailed handles a Deliver error: a batch that keeps failing is tried
-// smaller, so one message the sink refuses cannot hold back the others;
-// that message, once alone, is handed over at most maxSinkAttempts times
-// and then quarantined.
+// smaller, so one message the sink refuses cannot hold back the others.
+// That message, once alone, is quarantined at once when the sink calls the
+// refusal permanent (postbox.Permanent), or after maxSinkAttempts refusals
+// in a row spread over at least maxSinkAttempts × SinkTimeout, so that a
+// short broker outage quarantines nothing (a long one still does: a sink
+// cannot tell its outage from a message it cannot take).
 func (r *Relay) sinkFailed(ctx context.Context, q *db.Queries, rows []db.PostboxOutbox, err error) (Result, error) {
 	err = fmt.Errorf("relay: sink: deliver %d messages: %w", len(rows), err)
 	if len(rows) > 1 {
@@ -135,10 +144,12 @@ func (r *Relay) sinkFailed(ctx context.Context, q *db.Queries, rows []db.Postbox
 		return Result{}, err
 	}
 	if r.sink.failedID != rows[0].ID {
-		r.sink.failedID, r.sink.failures = rows[0].ID, 0
+		r.sink.failedID, r.sink.failures, r.sink.failedAt = rows[0].ID, 0, time.Now()
 	}
 	r.sink.failures++
-	if r.sink.failures < maxSinkAttempts {
+	refused := postbox.IsPermanent(err) || (r.sink.failures >= maxSinkAttempts &&
+		time.Since(r.sink.failedAt) >= maxSinkAttempts*r.cfg.SinkTimeout)
+	if !refused {
 		return Result{}, err
 	}
 	moved, qerr := q.QuarantineOutbox(context.WithoutCancel(ctx), db.QuarantineOutboxParams{
@@ -148,7 +159,7 @@ func (r *Relay) sinkFailed(ctx context.Context, q *db.Queries, rows []db.Postbox
 	}
 	r.cfg.Logger.Error("relay quarantined a message the sink refused; it is a dead letter of _relay",
 		"outbox_id", rows[0].ID, "message_id", uuid.UUID(rows[0].MessageID.Bytes), "attempts", r.sink.failures, "err", err)
-	r.sink.failures = 0
+	r.sink.failedID, r.sink.failures = 0, 0
 	r.size = r.cfg.BatchSize
 	return Result{Quarantined: 1}, nil
 }

@@ -130,6 +130,7 @@ type PostboxParked struct {
 	EnqueuedAt  time.Time
 	LastError   *string
 	LastErrorAt *time.Time
+	DeliverAt   *time.Time
 }
 
 type PostboxProcessed struct {

@@ -61,6 +61,21 @@ func (q *Queries) OutboxHorizon(ctx context.Context, writers []string) (OutboxHo
 	return i, err
 }
 
+const ProbeLockTimeout = `-- name: ProbeLockTimeout :exec
+SELECT set_config('lock_timeout',
+                  CASE WHEN t.ms > 0 THEN greatest(t.ms / 2, 1)::bigint::text ELSE '1000' END, true)
+FROM (SELECT extract(epoch FROM current_setting('statement_timeout')::interval) * 1000 AS ms) t
+`
+
+// For the transaction probing one row alone: waiting for a lock ends at
+// half the statement timeout (55P03, which is retried) rather than at the
+// timeout itself (57014), so a row is never blamed for a lock someone else
+// holds (a migration's DDL).
+func (q *Queries) ProbeLockTimeout(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, ProbeLockTimeout)
+	return err
+}
+
 const QuarantineOutbox = `-- name: QuarantineOutbox :one
 SELECT postbox.quarantine_outbox($1::bigint, $2::text)::boolean AS moved
 `

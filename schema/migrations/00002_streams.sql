@@ -109,6 +109,22 @@ CREATE FUNCTION postbox.inbox_lock_key(subscriber text) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT hashtext('postbox.inbox:' || subscriber) $$;
 -- +goose StatementEnd
 
+-- Takes the order partitions' locks of a subscriber for the transaction,
+-- in partition order, waiting for the consumer batches that hold them.
+-- Whatever writes parked deliveries outside a consumer's batch (replay,
+-- purge's release) takes them first, in a statement of its own, so that its
+-- next statement's snapshot sees every batch of those partitions committed
+-- and no claim runs between its reads and its writes.
+-- +goose StatementBegin
+CREATE FUNCTION postbox.lock_order_partitions(subscriber text, parts smallint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(postbox.inbox_lock_key(lock_order_partitions.subscriber), p.part)
+    FROM (SELECT DISTINCT u.part::integer AS part FROM unnest(lock_order_partitions.parts) AS u(part) ORDER BY 1) p;
+END
+$$;
+-- +goose StatementEnd
+
 ------------------------------------------------------------------------------
 -- The outbox.
 ALTER TABLE postbox.outbox RENAME TO outbox_v1;
@@ -289,6 +305,9 @@ CREATE TABLE postbox.parked (
     enqueued_at   timestamptz NOT NULL,
     last_error    text,
     last_error_at timestamptz,
+    -- the message's own DeliverAt (its stream row's available_at): a
+    -- blocked delivery released behind its key's head waits for it still
+    deliver_at    timestamptz,
     CONSTRAINT parked_pkey PRIMARY KEY (subscriber, message_id),
     CONSTRAINT parked_reason CHECK (reason IN ('retry', 'delayed', 'blocked', 'replayed'))
 );
@@ -572,6 +591,39 @@ END
 $$;
 -- +goose StatementEnd
 
+-- Releases the next run of blocked deliveries (at most run) of each of
+-- keys whose head went, unless the key has another parked delivery that is
+-- not blocked, or (park_on_dead) a dead letter. A released delivery whose
+-- own DeliverAt is still ahead becomes due then, and ends its key's run:
+-- what follows it stays blocked behind it.
+-- +goose StatementBegin
+CREATE FUNCTION postbox.release_runs(p_subscriber text, p_keys text[], p_run integer, p_park_on_dead boolean)
+RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    UPDATE postbox.parked k
+    SET available_at = greatest(statement_timestamp(), coalesce(rel.deliver_at, statement_timestamp()))
+    FROM (SELECT b.message_id, b.deliver_at
+          FROM unnest(p_keys) AS rk(key)
+          CROSS JOIN LATERAL (
+              SELECT w.message_id, w.deliver_at
+              FROM (SELECT r.message_id, r.deliver_at,
+                           count(*) FILTER (WHERE r.deliver_at > statement_timestamp())
+                               OVER (ORDER BY r.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS later
+                    FROM (SELECT b.message_id, b.deliver_at, b.seq FROM postbox.parked b
+                          WHERE b.subscriber = p_subscriber AND b.key = rk.key AND b.available_at = 'infinity'
+                          ORDER BY b.seq
+                          LIMIT p_run) r) w
+              WHERE w.later = 0) b
+          WHERE NOT EXISTS (
+                    SELECT 1 FROM postbox.parked h
+                    WHERE h.subscriber = p_subscriber AND h.key = rk.key AND h.available_at <> 'infinity')
+            AND NOT (p_park_on_dead AND EXISTS (
+                    SELECT 1 FROM postbox.dead_letters d
+                    WHERE d.subscriber = p_subscriber AND d.key = rk.key))) rel
+    WHERE k.subscriber = p_subscriber AND k.message_id = rel.message_id;
+$$;
+-- +goose StatementEnd
+
 -- Records what a batch did, in its transaction: moves the cursors of the
 -- owned partitions (refusing, with SQLSTATE PBC01, if another batch finished
 -- there first), remembers handled IDs in processed (a second copy of one
@@ -646,14 +698,15 @@ BEGIN
     IF cardinality(p_park_ids) > 0 THEN
         INSERT INTO postbox.parked (subscriber, message_id, part, seq, key_hash, attempts, reason, topic,
                                     type, key, payload, headers, available_at, created_at, enqueued_at,
-                                    last_error, last_error_at)
+                                    last_error, last_error_at, deliver_at)
         SELECT r.subscriber, r.message_id, r.part, r.seq, r.key_hash, x.attempts, x.reason, r.topic,
                r.type, r.key, r.payload, r.headers,
                CASE x.reason WHEN 'blocked' THEN 'infinity'::timestamptz
                              WHEN 'delayed' THEN r.available_at
-                             ELSE statement_timestamp() + x.delay_ms * interval '1 millisecond' END,
+                             ELSE greatest(statement_timestamp() + x.delay_ms * interval '1 millisecond',
+                                           r.available_at) END,
                r.created_at, r.enqueued_at, nullif(x.error, ''),
-               CASE WHEN x.error <> '' THEN statement_timestamp() END
+               CASE WHEN x.error <> '' THEN statement_timestamp() END, r.available_at
         FROM unnest(p_park_ids, p_park_parts, p_park_seqs, p_park_reasons, p_park_attempts,
                     p_park_delays_ms, p_park_errors)
              AS x(message_id, part, seq, reason, attempts, delay_ms, error)
@@ -738,22 +791,7 @@ BEGIN
     -- another parked delivery that is not blocked, or (key_on_dead 'park')
     -- a dead letter.
     IF cardinality(released) > 0 THEN
-        UPDATE postbox.parked k
-        SET available_at = statement_timestamp()
-        FROM (SELECT b.message_id
-              FROM unnest(released) AS rk(key)
-              CROSS JOIN LATERAL (
-                  SELECT b.message_id FROM postbox.parked b
-                  WHERE b.subscriber = p_subscriber AND b.key = rk.key AND b.available_at = 'infinity'
-                  ORDER BY b.seq
-                  LIMIT p_run) b
-              WHERE NOT EXISTS (
-                        SELECT 1 FROM postbox.parked h
-                        WHERE h.subscriber = p_subscriber AND h.key = rk.key AND h.available_at <> 'infinity')
-                AND NOT (p_park_on_dead AND EXISTS (
-                        SELECT 1 FROM postbox.dead_letters d
-                        WHERE d.subscriber = p_subscriber AND d.key = rk.key))) rel
-        WHERE k.subscriber = p_subscriber AND k.message_id = rel.message_id;
+        PERFORM postbox.release_runs(p_subscriber, released, p_run, p_park_on_dead);
     END IF;
 END
 $$;
@@ -1193,17 +1231,27 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     n     integer;
     heads jsonb;
+    parts smallint[];
 BEGIN
     IF replay_dead_letters.subscriber IS NULL THEN
         RETURN 0; -- required: NULL replays nothing
     END IF;
+    parts := ARRAY(SELECT DISTINCT d.part
+                   FROM postbox.replayable_dead_letters(replay_dead_letters.subscriber, replay_dead_letters.message_ids,
+                            replay_dead_letters.error_like, replay_dead_letters.type_name,
+                            replay_dead_letters.dead_since, replay_dead_letters.dead_until,
+                            replay_dead_letters.max_rows) d);
+    PERFORM postbox.lock_order_partitions(replay_dead_letters.subscriber, parts);
     WITH sel AS MATERIALIZED (
+        -- A no-route letter is a send that reached no queue (is_queue);
+        -- a handler's error text never makes a letter one.
         SELECT d.subscriber, d.message_id, d.key, d.key_hash,
-               (d.subscriber = '_relay' OR d.last_error = 'no-route') AS to_outbox
+               (d.subscriber = '_relay' OR (d.is_queue AND d.last_error = 'no-route')) AS to_outbox
         FROM postbox.replayable_dead_letters(replay_dead_letters.subscriber, replay_dead_letters.message_ids,
                  replay_dead_letters.error_like, replay_dead_letters.type_name,
                  replay_dead_letters.dead_since, replay_dead_letters.dead_until,
                  replay_dead_letters.max_rows) d
+        WHERE d.part = ANY (parts) -- the partitions locked above
     ), locked AS MATERIALIZED (
         -- The producers' per-key locks before the outbox ids are drawn (an
         -- InitPlan of the DELETE), as outbox.Publish takes them.
@@ -1218,7 +1266,7 @@ BEGIN
     ), requeued AS (
         INSERT INTO postbox.outbox (message_id, key_hash, is_queue, topic, type, key, payload, headers,
                                     created_at)
-        SELECT t.message_id, t.key_hash, t.is_queue OR t.last_error = 'no-route', t.topic, t.type, t.key,
+        SELECT t.message_id, t.key_hash, t.is_queue, t.topic, t.type, t.key,
                t.payload, coalesce(t.headers, '{}'::jsonb) || jsonb_build_object(
                    'x-replayed-at', postbox.utc_text(now()),
                    'x-replay-count', (t.replay_count + 1)::text),
@@ -1288,19 +1336,27 @@ RETURNS integer
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 DECLARE
-    n    integer;
-    keys text[];
+    n     integer;
+    keys  text[];
+    parts smallint[];
 BEGIN
     IF purge_dead_letters.subscriber IS NULL THEN
         RETURN 0; -- required: NULL purges nothing
     END IF;
+    parts := ARRAY(SELECT DISTINCT s.part
+                   FROM postbox.select_dead_letters(purge_dead_letters.subscriber, purge_dead_letters.message_ids,
+                            purge_dead_letters.error_like, purge_dead_letters.type_name,
+                            purge_dead_letters.dead_since, purge_dead_letters.dead_until,
+                            purge_dead_letters.max_rows) s);
+    PERFORM postbox.lock_order_partitions(purge_dead_letters.subscriber, parts);
     WITH purged AS (
         DELETE FROM postbox.dead_letters d
         USING (SELECT s.subscriber, s.message_id
                FROM postbox.select_dead_letters(purge_dead_letters.subscriber, purge_dead_letters.message_ids,
                         purge_dead_letters.error_like, purge_dead_letters.type_name,
                         purge_dead_letters.dead_since, purge_dead_letters.dead_until,
-                        purge_dead_letters.max_rows) s) sel
+                        purge_dead_letters.max_rows) s
+               WHERE s.part = ANY (parts)) sel -- the partitions locked above
         WHERE d.subscriber = sel.subscriber AND d.message_id = sel.message_id
         RETURNING d.key
     )
@@ -1309,24 +1365,7 @@ BEGIN
     IF cardinality(keys) > 0 AND EXISTS (
             SELECT 1 FROM postbox.subscribers s
             WHERE s.name = purge_dead_letters.subscriber AND s.key_on_dead = 'park') THEN
-        UPDATE postbox.parked k
-        SET available_at = now()
-        FROM (SELECT b.message_id
-              FROM unnest(keys) AS rk(key)
-              CROSS JOIN LATERAL (
-                  SELECT b.message_id FROM postbox.parked b
-                  WHERE b.subscriber = purge_dead_letters.subscriber AND b.key = rk.key
-                    AND b.available_at = 'infinity'
-                  ORDER BY b.seq
-                  LIMIT 1000) b
-              WHERE NOT EXISTS (
-                        SELECT 1 FROM postbox.parked h
-                        WHERE h.subscriber = purge_dead_letters.subscriber AND h.key = rk.key
-                          AND h.available_at <> 'infinity')
-                AND NOT EXISTS (
-                        SELECT 1 FROM postbox.dead_letters d
-                        WHERE d.subscriber = purge_dead_letters.subscriber AND d.key = rk.key)) rel
-        WHERE k.subscriber = purge_dead_letters.subscriber AND k.message_id = rel.message_id;
+        PERFORM postbox.release_runs(purge_dead_letters.subscriber, keys, 1000, true);
     END IF;
     RETURN n;
 END
@@ -1382,9 +1421,11 @@ CREATE TABLE postbox.scheduled (
 );
 CREATE INDEX scheduled_due_idx ON postbox.scheduled (deliver_at);
 
--- The oldest due outbox rows of relay partition part with an id above
--- after_id, for a sink; rows of the partition met on the way that are due
--- only later move to postbox.scheduled. The caller holds the partition.
+-- The due rows among the oldest batch_size outbox rows of relay partition
+-- part with an id above after_id, for a sink; the rows of that window that
+-- are due only later move to postbox.scheduled. Only the window: a row
+-- past it is neither returned nor scheduled, so the caller's mark may pass
+-- no further than the last row returned. The caller holds the partition.
 -- +goose StatementBegin
 CREATE FUNCTION postbox.sink_claim(p_part integer, p_after_id bigint, p_batch_size integer)
 RETURNS SETOF postbox.outbox
@@ -1413,11 +1454,11 @@ BEGIN
     FROM later l
     ON CONFLICT (id) DO NOTHING;
     RETURN QUERY
-    SELECT ob.* FROM postbox.outbox ob
-    WHERE ob.key_hash % postbox.order_partitions() = p_part AND ob.id > p_after_id
-      AND (ob.deliver_at IS NULL OR ob.deliver_at <= now() + interval '1 second')
-    ORDER BY ob.id
-    LIMIT p_batch_size;
+    SELECT w.* FROM (SELECT ob.* FROM postbox.outbox ob
+                     WHERE ob.key_hash % postbox.order_partitions() = p_part AND ob.id > p_after_id
+                     ORDER BY ob.id LIMIT p_batch_size) w
+    WHERE w.deliver_at IS NULL OR w.deliver_at <= now() + interval '1 second'
+    ORDER BY w.id;
 END
 $$;
 -- +goose StatementEnd
@@ -1610,7 +1651,8 @@ INSERT INTO postbox.inbox (subscriber, message_id, seq, partition, attempts, rep
 OVERRIDING SYSTEM VALUE
 SELECT k.subscriber, k.message_id, k.seq, k.key_hash % coalesce(s.partitions, 16), k.attempts, k.replay_count,
        'pending', k.topic, k.type, k.key, k.payload, k.headers,
-       CASE WHEN k.available_at = 'infinity' THEN now() ELSE k.available_at END,
+       CASE WHEN k.available_at = 'infinity' THEN greatest(now(), coalesce(k.deliver_at, now()))
+            ELSE k.available_at END,
        k.created_at, k.enqueued_at, k.last_error, k.last_error_at, NULL
 FROM postbox.parked k
 LEFT JOIN postbox.subscribers s ON s.name = k.subscriber
@@ -1817,6 +1859,8 @@ $$;
 -- +goose StatementEnd
 
 DROP FUNCTION postbox.replay_count(jsonb);
+DROP FUNCTION postbox.lock_order_partitions(text, smallint[]);
+DROP FUNCTION postbox.release_runs(text, text[], integer, boolean);
 DROP FUNCTION postbox.inbox_lock_key(text);
 DROP FUNCTION postbox.key_hash(bytea);
 DROP FUNCTION postbox.outbox_slot();

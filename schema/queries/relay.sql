@@ -10,6 +10,15 @@ SELECT r.claimed::integer AS claimed, r.candidates::integer AS candidates, r.min
 FROM postbox.relay_batch(@batch_size::integer, @max_bytes::bigint, @marks::bigint[],
                          sqlc.narg(only_id)::bigint) r;
 
+-- name: ProbeLockTimeout :exec
+-- For the transaction probing one row alone: waiting for a lock ends at
+-- half the statement timeout (55P03, which is retried) rather than at the
+-- timeout itself (57014), so a row is never blamed for a lock someone else
+-- holds (a migration's DDL).
+SELECT set_config('lock_timeout',
+                  CASE WHEN t.ms > 0 THEN greatest(t.ms / 2, 1)::bigint::text ELSE '1000' END, true)
+FROM (SELECT extract(epoch FROM current_setting('statement_timeout')::interval) * 1000 AS ms) t;
+
 -- name: RelayPeek :one
 -- The oldest row RelayBatch would take now; see postbox.relay_peek.
 SELECT postbox.relay_peek(@marks::bigint[])::bigint AS id;
