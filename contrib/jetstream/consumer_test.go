@@ -28,7 +28,7 @@ func TestFailedMessagesAreRedeliveredInKeyOrder(t *testing.T) {
 		messages = 600
 		keys     = 6
 	)
-	ctx := testContext(t, 60*time.Second)
+	ctx := testContext(t, 3*time.Minute)
 	pool := pgtest.Pool(t, 8)
 	createEffects(t, ctx, pool)
 	_, js := connect(t, startServer(t))
@@ -71,7 +71,7 @@ func TestFailedMessagesAreRedeliveredInKeyOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := runConsumer(t, c)
-	waitFor(t, ctx, 45*time.Second, "every effect but the hopeless one", func() bool {
+	waitFor(t, ctx, 2*time.Minute, "every effect but the hopeless one", func() bool {
 		return count(t, ctx, pool, `SELECT count(*) FROM effects`) >= messages-1
 	})
 	stop()
@@ -151,7 +151,7 @@ func TestRestartedConsumerCarriesOnInOrder(t *testing.T) {
 		messages = 3000
 		keys     = 30
 	)
-	ctx := testContext(t, 60*time.Second)
+	ctx := testContext(t, 3*time.Minute)
 	pool := pgtest.Pool(t, 8)
 	createEffects(t, ctx, pool)
 	_, js := connect(t, startServer(t))
@@ -178,7 +178,7 @@ func TestRestartedConsumerCarriesOnInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := runConsumer(t, first)
-	waitFor(t, ctx, 30*time.Second, "a third of the effects", func() bool {
+	waitFor(t, ctx, 2*time.Minute, "a third of the effects", func() bool {
 		return count(t, ctx, pool, `SELECT count(*) FROM effects`) >= messages/3
 	})
 	stop()
