@@ -23,7 +23,7 @@ import (
 // once each, in order per key, both in the stream and in the effects.
 func TestRelayToStreamToInboxOnceInKeyOrder(t *testing.T) {
 	t.Parallel()
-	endToEnd(t, startServer(t), 5000, 50)
+	endToEnd(t, startServer(t), 10_000, 100)
 }
 
 // The same, smaller, against the machine's NATS server (2.9), which keeps
