@@ -318,7 +318,8 @@ func overlappingProducers(t *testing.T, pollBetween bool) {
 	// relay seeing both at once would get wrong.
 	pgtest.WaitFor(t, ctx, 10*time.Second, "the second producer waiting or done", func() bool {
 		return sentSecond.Load() || pgtest.Count(t, ctx, pool, `SELECT count(*) FROM pg_locks
-			WHERE locktype = 'advisory' AND NOT granted`) > 0
+			WHERE locktype = 'advisory' AND NOT granted
+			  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`) > 0
 	})
 	var commitOrder []string
 	if sentSecond.Load() {
