@@ -155,6 +155,11 @@ func NewRequester(pool *pgxpool.Pool, cfg Config) (*Requester, error) {
 // ReplyQueue is the name of the Requester's reply queue.
 func (r *Requester) ReplyQueue() string { return r.queue }
 
+// Ready is closed once Run has declared the reply queue and taken its
+// lock: from then on Request sends at once. A Request before that waits
+// for it, and its context's deadline counts that wait too.
+func (r *Requester) Ready() <-chan struct{} { return r.ready }
+
 // Run declares the reply queue, takes the lock that tells sweepers the
 // queue is in use (a session lock on a connection of its own, outside the
 // pool: Run needs a session, not a transaction-mode pooler), and consumes

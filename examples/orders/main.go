@@ -48,12 +48,12 @@ func main() {
 // and runs the story on it.
 func setUpAndRun(ctx context.Context) error {
 	log, _ := newLoggers(os.Stderr)
-	server, stopServer, err := findServer(ctx, log)
+	server, stopServer, err := example.FindServer(ctx, log)
 	if err != nil {
 		return err
 	}
 	defer stopServer()
-	databaseURL, err := prepareDatabase(ctx, server)
+	databaseURL, err := example.Prepare(ctx, server)
 	if err != nil {
 		return err
 	}

@@ -141,40 +141,6 @@ func TestRun(t *testing.T) {
 	}
 }
 
-func TestWithDatabase(t *testing.T) {
-	t.Parallel()
-	tests := []struct{ in, want string }{
-		{"postgres://postgres@127.0.0.1:5432/postgres", "postgres://postgres@127.0.0.1:5432/" + exampleDatabase},
-		{"postgres://u:p%40ss@db:5432/app?sslmode=disable", "postgres://u:p%40ss@db:5432/" + exampleDatabase + "?sslmode=disable"},
-		{"postgresql://db", "postgresql://db/" + exampleDatabase},
-		{"host=db user=u dbname=app", "host=db user=u dbname=app dbname=" + exampleDatabase},
-		{"", "dbname=" + exampleDatabase},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			got, err := withDatabase(tt.in, exampleDatabase)
-			if err != nil {
-				t.Errorf("withDatabase(%q): %v", tt.in, err)
-				return
-			}
-			if got != tt.want {
-				t.Errorf("withDatabase(%q) = %q, want %q", tt.in, got, tt.want)
-			}
-			cfg, err := pgx.ParseConfig(got)
-			if err != nil {
-				t.Errorf("pgx cannot parse %q: %v", got, err)
-				return
-			}
-			if cfg.Database != exampleDatabase {
-				t.Errorf("pgx reads database %q from %q, want %q", cfg.Database, got, exampleDatabase)
-			}
-		})
-	}
-	if _, err := withDatabase("mysql://db/app", exampleDatabase); err == nil {
-		t.Error("withDatabase accepted a mysql:// URL")
-	}
-}
-
 // setUp gives a test a database of its own with the example's tables and
 // routing, through postboxtest as a service's own tests would.
 func setUp(t *testing.T) *pgxpool.Pool {

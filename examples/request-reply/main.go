@@ -57,12 +57,12 @@ func main() {
 // and runs the story on it.
 func setUpAndRun(ctx context.Context) error {
 	log := newLogger(&lockedWriter{w: os.Stderr}, slog.LevelInfo)
-	server, stopServer, err := findServer(ctx, log)
+	server, stopServer, err := example.FindServer(ctx, log)
 	if err != nil {
 		return err
 	}
 	defer stopServer()
-	databaseURL, err := prepareDatabase(ctx, server)
+	databaseURL, err := example.Prepare(ctx, server)
 	if err != nil {
 		return err
 	}
@@ -134,9 +134,18 @@ func run(ctx context.Context, databaseURL string, stdout, stderr io.Writer) erro
 		stopRequesters = append(stopRequesters, w.start(ctx, fmt.Sprintf("checkout-%d", i+1), rq.Run))
 	}
 
+	for _, rq := range requesters {
+		select {
+		case <-rq.Ready():
+		case <-time.After(30 * time.Second):
+			return fmt.Errorf("checkout did not start: %v", w.err())
+		}
+	}
+
 	// 1. The inventory service is being deployed: nobody answers, and a
-	// query with a short timeout gives up.
-	qctx, qcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	// query with a short timeout gives up. (The timeout also bounds the
+	// query's own commit, so it is not too short for a loaded machine.)
+	qctx, qcancel := context.WithTimeout(ctx, time.Second)
 	_, err = ask(qctx, pool, requesters[0], "checkout-1", "SKU-01")
 	qcancel()
 	if !errors.Is(err, reqreply.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {

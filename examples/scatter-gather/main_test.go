@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/postbox-dev/postbox/examples/internal/exampledb"
 	"github.com/postbox-dev/postbox/internal/pgtest"
 )
 
@@ -58,7 +59,7 @@ func TestRun(t *testing.T) {
 
 func TestWithDatabase(t *testing.T) {
 	t.Parallel()
-	got, err := withDatabase("postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", exampleDatabase)
+	got, err := exampledb.WithDatabase("postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", exampleDatabase)
 	if err != nil || !strings.Contains(got, "/"+exampleDatabase+"?") {
 		t.Errorf("withDatabase = %q, %v", got, err)
 	}
