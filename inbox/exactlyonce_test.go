@@ -176,9 +176,11 @@ func TestConnectionKilledBeforeCommitKeepsEffectsExactlyOnce(t *testing.T) {
 	})
 	close(released)
 
+	// The stats count a batch after its commit returns, a moment after its
+	// deliveries stop being pending: wait for both.
 	waitFor(t, "every message handled", func() (bool, error) {
-		n, err := count(ctx, b.pool, pgtest.PendingSQL)
-		return n == 0, err
+		left, err := count(ctx, b.pool, pgtest.PendingSQL)
+		return left == 0 && c.Stats().Handled >= n, err
 	})
 	if exited() {
 		t.Fatal("Run returned after the connection was killed")
@@ -261,9 +263,11 @@ func TestConnectionKilledDuringCommitKeepsEffectsExactlyOnce(t *testing.T) {
 	}
 	holder.Release()
 
+	// The stats count a batch after its commit returns, a moment after its
+	// deliveries stop being pending: wait for both.
 	waitFor(t, "every message handled", func() (bool, error) {
-		n, err := count(ctx, b.pool, pgtest.PendingSQL)
-		return n == 0, err
+		left, err := count(ctx, b.pool, pgtest.PendingSQL)
+		return left == 0 && c.Stats().Handled >= n, err
 	})
 	if exited() {
 		t.Fatal("Run returned after the connection was killed")
