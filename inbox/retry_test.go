@@ -391,7 +391,7 @@ func TestHandlerTimeoutIsAFailedAttempt(t *testing.T) {
 		return nil
 	})
 	c := b.consumer(t, inbox.Config{Handler: h, BatchSize: 10, Concurrency: 1,
-		HandlerTimeout: 100 * time.Millisecond, PollInterval: 5 * time.Millisecond})
+		HandlerTimeout: time.Second, PollInterval: 5 * time.Millisecond})
 	stop, exited := run(t, c)
 	waitFor(t, "every message handled", func() (bool, error) {
 		n, err := count(ctx, b.pool, pgtest.PendingSQL)
@@ -433,7 +433,9 @@ func TestHandlerTimeoutIsAFailedAttempt(t *testing.T) {
 	if !strings.Contains(notes[1], "timeout") && !strings.Contains(notes[1], "deadline") {
 		t.Fatalf("recorded error of the timed-out attempt = %q, want a timeout", notes[1])
 	}
-	if s := c.Stats(); s.Errors < 1 || s.Failed != 1 || s.Handled != n {
+	// At least the victim's attempt failed; on a loaded machine another
+	// handler may run past the timeout too (a genuine failed attempt).
+	if s := c.Stats(); s.Errors < 1 || s.Failed < 1 || s.Handled != n {
 		t.Fatalf("stats = %+v, want at least 1 batch error, 1 failed attempt, %d handled", s, n)
 	}
 	// The timed-out query does not outlive its attempt on the server.
